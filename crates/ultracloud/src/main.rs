@@ -1,1 +1,64 @@
-fn main() {}
+//! `ultracloud`: the one binary. CLI parsing and wiring only; the work is in the component
+//! crates and uc-runtime.
+
+mod cli;
+mod node;
+mod node_config;
+mod output;
+mod secrets;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use cli::{Cli, Command};
+
+/// What went wrong, decided once, so the exit code is right everywhere.
+#[derive(Debug)]
+pub enum Failure {
+    /// Bad usage or configuration: exit 2, nothing changed.
+    Config(String),
+    /// Failed while running: exit 1.
+    Runtime(anyhow::Error),
+}
+
+impl From<anyhow::Error> for Failure {
+    fn from(e: anyhow::Error) -> Self {
+        Self::Runtime(e)
+    }
+}
+
+impl From<uc_runtime::config::ConfigError> for Failure {
+    fn from(e: uc_runtime::config::ConfigError) -> Self {
+        Self::Config(e.to_string())
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Version => output::print_version(cli.output),
+        Command::Up(args) => run_async(up::up(args, cli.output)),
+        Command::Serve(args) => run_async(up::serve(args)),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Config(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Runtime(error)) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run_async(fut: impl Future<Output = Result<(), Failure>>) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::Runtime(e.into()))?;
+    runtime.block_on(fut)
+}

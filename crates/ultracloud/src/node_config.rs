@@ -1,0 +1,97 @@
+//! The node config file: one TOML file per node, shared by `up` and every `serve <component>`
+//! on that node. See docs/configuration.md for every key.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use uc_runtime::config::{self, Override};
+use uc_runtime::http::HttpConfig;
+use uc_runtime::log::LogConfig;
+
+use crate::Failure;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    pub node: NodeSection,
+    pub log: LogConfig,
+    pub http: HttpConfig,
+    pub auth: AuthConfig,
+}
+
+/// `[node]`: who this node is and where it keeps state.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeSection {
+    /// Defaults to the host name.
+    pub name: String,
+    pub data_dir: PathBuf,
+    /// The address every listener of this node binds to.
+    pub bind: IpAddr,
+    /// Port of the node's own health/metrics/status server.
+    pub port: u16,
+}
+
+impl Default for NodeSection {
+    fn default() -> Self {
+        Self {
+            name: std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "node".to_owned()),
+            data_dir: PathBuf::from("./.ultracloud"),
+            bind: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            port: 8070,
+        }
+    }
+}
+
+/// `[auth]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// File (mode 0600) holding the admin token; default `<data_dir>/secrets/admin-token`.
+    pub admin_token_file: Option<PathBuf>,
+}
+
+impl NodeConfig {
+    /// File, then `UC_*` environment, then flags. Also checks what types cannot (log filter,
+    /// names), so every config mistake is found before anything is written.
+    pub fn load(file: Option<&Path>, flags: Vec<Override>) -> Result<Self, Failure> {
+        let mut overrides = Override::from_env();
+        overrides.extend(flags);
+        let cfg: NodeConfig = config::load(file, &overrides)?;
+        cfg.log.validate().map_err(Failure::Config)?;
+        if cfg.node.name.is_empty()
+            || !cfg
+                .node
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            return Err(Failure::Config(format!(
+                "config key `node.name`: `{}` must be non-empty letters, digits, '-', '_' or '.'",
+                cfg.node.name
+            )));
+        }
+        if cfg.http.max_body_bytes == 0 {
+            return Err(Failure::Config(
+                "config key `http.max_body_bytes`: must be greater than 0".to_owned(),
+            ));
+        }
+        Ok(cfg)
+    }
+
+    pub fn admin_token_file(&self) -> PathBuf {
+        self.auth
+            .admin_token_file
+            .clone()
+            .unwrap_or_else(|| crate::secrets::SecretPaths::new(&self.node.data_dir).admin_token)
+    }
+
+    pub fn listen(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.node.bind, port)
+    }
+}

@@ -1,0 +1,174 @@
+//! `ultracloud up` (every component in one process) and `ultracloud serve <component>`.
+//! Both load the same node config and run the same servers; `up` adds first-start setup.
+
+use std::io::Write;
+use std::sync::Arc;
+
+use anyhow::Context;
+use serde::Serialize;
+use uc_runtime::Shutdown;
+use uc_runtime::auth::{Authenticator, StaticTokenAuthenticator};
+use uc_runtime::config::Override;
+
+use crate::Failure;
+use crate::cli::{Component, OutputFormat, ServeArgs, UpArgs};
+use crate::node::{self, NodeStatus};
+use crate::node_config::NodeConfig;
+use crate::output;
+use crate::secrets::{self, DirLock, SecretPaths};
+
+#[derive(Debug, Serialize)]
+struct UpReport {
+    node: String,
+    data_dir: String,
+    admin_token_file: String,
+    endpoints: Vec<EndpointRow>,
+}
+
+#[derive(Debug, Serialize)]
+struct EndpointRow {
+    component: String,
+    url: String,
+    health: String,
+}
+
+pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
+    let mut flags = Vec::new();
+    if let Some(dir) = &args.data_dir {
+        flags.push(Override::flag(
+            "node.data_dir",
+            dir.display().to_string(),
+            "--data-dir",
+        ));
+    }
+    if let Some(ip) = args.bind {
+        flags.push(Override::flag("node.bind", ip.to_string(), "--bind"));
+    }
+    // Every check that can fail on configuration runs before anything is written.
+    let cfg = NodeConfig::load(args.config.as_deref(), flags)?;
+    check_tls(&cfg)?;
+    let configured_token = match &cfg.auth.admin_token_file {
+        Some(path) => Some(secrets::read_admin_token(path).map_err(Failure::Config)?),
+        None => None,
+    };
+    uc_runtime::log::init(&cfg.log).map_err(Failure::Config)?;
+    let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
+
+    let data_dir = &cfg.node.data_dir;
+    let first_start = !data_dir.exists();
+    secrets::ensure_private_dir(data_dir)?;
+    let _lock = DirLock::acquire(&data_dir.join("node"))?;
+    let paths = SecretPaths::new(data_dir);
+    let generated_token = secrets::ensure_node_secrets(&paths)?;
+    let admin_token = configured_token.unwrap_or(generated_token);
+    if first_start {
+        tracing::info!(data_dir = %data_dir.display(), "initialized data directory");
+    }
+    let auth: Arc<dyn Authenticator> = Arc::new(StaticTokenAuthenticator::admin(admin_token));
+
+    // Components start here as they land; the node server comes last and lists them.
+    let components = Vec::new();
+    let node_server = node::bind(
+        &cfg.http,
+        auth.clone(),
+        cfg.listen(cfg.node.port),
+        NodeStatus {
+            name: cfg.node.name.clone(),
+            version: uc_runtime::VERSION,
+            components: components.clone(),
+        },
+    )
+    .await
+    .context("cannot start the node server")?;
+
+    let scheme = if cfg.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let node_url = format!("{scheme}://{}", node_server.local_addr());
+    let mut rows: Vec<EndpointRow> = vec![EndpointRow {
+        component: "node".into(),
+        health: format!("{node_url}/healthz"),
+        url: node_url,
+    }];
+    rows.extend(components.iter().map(|c| EndpointRow {
+        component: c.component.clone(),
+        health: format!("{}/healthz", c.url),
+        url: c.url.clone(),
+    }));
+    let report = UpReport {
+        node: cfg.node.name.clone(),
+        data_dir: data_dir.display().to_string(),
+        admin_token_file: cfg.admin_token_file().display().to_string(),
+        endpoints: rows,
+    };
+    print_report(format, &report);
+
+    let readiness = node_server.readiness();
+    let node_task = tokio::spawn(node_server.serve(shutdown.clone()));
+    readiness.set_ready();
+    tracing::info!(node = %cfg.node.name, "ultracloud is up");
+    node_task.await.context("node server task failed")?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn print_report(format: OutputFormat, report: &UpReport) {
+    let rows = report
+        .endpoints
+        .iter()
+        .map(|e| vec![e.component.clone(), e.url.clone(), e.health.clone()])
+        .collect();
+    output::print(format, report, &["component", "url", "health"], rows);
+    if format == OutputFormat::Table {
+        println!();
+        println!("data directory:    {}", report.data_dir);
+        println!(
+            "admin credential:  {} (use as: Authorization: Bearer $(cat {}))",
+            report.admin_token_file, report.admin_token_file
+        );
+    }
+    let _ = std::io::stdout().flush();
+}
+
+/// A TLS setting that cannot load is a configuration error (exit 2), found before startup.
+fn check_tls(cfg: &NodeConfig) -> Result<(), Failure> {
+    if let Some(tls) = &cfg.http.tls {
+        uc_runtime::tls::server_config(tls)
+            .map_err(|e| Failure::Config(format!("config key `http.tls`: {e}")))?;
+    }
+    Ok(())
+}
+
+pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
+    let cfg = NodeConfig::load(Some(&args.config), Vec::new())?;
+    check_tls(&cfg)?;
+    let token = secrets::read_admin_token(&cfg.admin_token_file()).map_err(Failure::Config)?;
+    uc_runtime::log::init(&cfg.log).map_err(Failure::Config)?;
+    let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
+    let auth: Arc<dyn Authenticator> = Arc::new(StaticTokenAuthenticator::admin(token));
+
+    match args.component {
+        Component::Node => {
+            secrets::ensure_private_dir(&cfg.node.data_dir)?;
+            let _lock = DirLock::acquire(&cfg.node.data_dir.join("node"))?;
+            let server = node::bind(
+                &cfg.http,
+                auth,
+                cfg.listen(cfg.node.port),
+                NodeStatus {
+                    name: cfg.node.name.clone(),
+                    version: uc_runtime::VERSION,
+                    components: Vec::new(),
+                },
+            )
+            .await
+            .context("cannot start the node server")?;
+            server.readiness().set_ready();
+            server.serve(shutdown).await;
+        }
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
