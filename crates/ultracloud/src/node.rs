@@ -5,23 +5,63 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
+use axum::extract::State;
 use axum::routing::get;
 use serde::Serialize;
 use uc_runtime::auth::Authenticator;
 use uc_runtime::http::{BoundHttpServer, HttpConfig, HttpServer, Json};
+use utoipa::{OpenApi, ToSchema};
 
-/// What `/v1/node` reports.
-#[derive(Debug, Clone, Serialize)]
+/// What this node runs.
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct NodeStatus {
     pub name: String,
     pub version: &'static str,
     pub components: Vec<Endpoint>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct Endpoint {
     pub component: String,
     pub url: String,
+}
+
+/// `GET /v1/node`
+#[derive(Debug, Serialize, ToSchema)]
+pub struct NodeStatusResponse {
+    #[serde(flatten)]
+    pub status: NodeStatus,
+    pub uptime_secs: u64,
+}
+
+struct AppState {
+    status: NodeStatus,
+    started: Instant,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "UltraCloud node API", description = "What runs on this node."),
+    paths(node_status),
+    components(schemas(NodeStatusResponse, NodeStatus, Endpoint))
+)]
+struct NodeApi;
+
+/// The node's name, version, uptime and the components it runs.
+#[utoipa::path(
+    get,
+    path = "/v1/node",
+    responses(
+        (status = 200, body = NodeStatusResponse),
+        (status = 401, description = "missing or invalid token", body = uc_runtime::ErrorBody),
+    ),
+    security(("bearer" = []))
+)]
+async fn node_status(State(state): State<Arc<AppState>>) -> Json<NodeStatusResponse> {
+    Json(NodeStatusResponse {
+        status: state.status.clone(),
+        uptime_secs: state.started.elapsed().as_secs(),
+    })
 }
 
 pub async fn bind(
@@ -30,24 +70,16 @@ pub async fn bind(
     listen: std::net::SocketAddr,
     status: NodeStatus,
 ) -> Result<BoundHttpServer, uc_runtime::http::ServeError> {
-    let started = Instant::now();
-    let status = Arc::new(status);
-    let api = Router::new().route(
-        "/v1/node",
-        get(move || {
-            let status = status.clone();
-            async move {
-                Json(serde_json::json!({
-                    "name": status.name,
-                    "version": status.version,
-                    "uptime_secs": started.elapsed().as_secs(),
-                    "components": status.components,
-                }))
-            }
-        }),
-    );
+    let state = Arc::new(AppState {
+        status,
+        started: Instant::now(),
+    });
+    let api = Router::new()
+        .route("/v1/node", get(node_status))
+        .with_state(state);
     HttpServer::new("node", http.clone(), auth)
         .api(api)
+        .openapi(NodeApi::openapi())
         .bind(listen)
         .await
 }

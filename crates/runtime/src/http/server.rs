@@ -80,6 +80,7 @@ pub struct HttpServer {
     auth: Arc<dyn Authenticator>,
     api: Router,
     public: Router,
+    openapi: Option<utoipa::openapi::OpenApi>,
 }
 
 impl HttpServer {
@@ -92,7 +93,29 @@ impl HttpServer {
             auth,
             api: Router::new(),
             public: Router::new(),
+            openapi: None,
         }
+    }
+
+    /// The API's OpenAPI description, served (without a token, like any published API
+    /// reference) at `/v1/openapi.json`. The bearer scheme and the shared error schema are
+    /// added here, so each component describes only its own paths.
+    pub fn openapi(mut self, mut doc: utoipa::openapi::OpenApi) -> Self {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        use utoipa::{PartialSchema, ToSchema};
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        components
+            .schemas
+            .insert(crate::ErrorBody::name().into_owned(), crate::ErrorBody::schema());
+        components
+            .schemas
+            .insert(crate::ErrorDetail::name().into_owned(), crate::ErrorDetail::schema());
+        self.openapi = Some(doc);
+        self
     }
 
     /// The readiness `/readyz` reports; the component marks it ready.
@@ -116,6 +139,22 @@ impl HttpServer {
     /// The complete app with every shared layer, for serving or for in-process tests.
     pub fn into_router(self) -> Router {
         let readiness = self.readiness.clone();
+        let mut public = self.public;
+        if let Some(doc) = self.openapi {
+            let json = Arc::new(doc.to_json().unwrap_or_else(|_| "{}".to_owned()));
+            public = public.route(
+                "/v1/openapi.json",
+                get(move || {
+                    let json = json.clone();
+                    async move {
+                        (
+                            [(header::CONTENT_TYPE, "application/json")],
+                            json.as_str().to_owned(),
+                        )
+                    }
+                }),
+            );
+        }
         let protected = self
             .api
             .route("/metrics", get(metrics))
@@ -123,7 +162,7 @@ impl HttpServer {
         Router::new()
             .route("/healthz", get(healthz))
             .route("/readyz", get(move || readyz(readiness.clone())))
-            .merge(self.public)
+            .merge(public)
             .merge(protected)
             .fallback(no_route)
             .layer(DefaultBodyLimit::max(self.config.max_body_bytes))

@@ -1,0 +1,462 @@
+//! `ultracloud up`, `serve`, `version` as an operator runs them: real processes, real signals.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill, killpg};
+use nix::unistd::Pid;
+use uc_testkit::{Cluster, ClusterBuilder, NodeInfo, Ready, free_port, http_client, http_status};
+
+const BIN: &str = env!("CARGO_BIN_EXE_ultracloud");
+
+/// The binary with no inherited `UC_*` overrides.
+fn ultracloud() -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("UC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
+}
+
+/// One `ultracloud up` under uc-testkit, with `extra` appended to its config.
+fn up_node(extra: &'static str) -> ClusterBuilder {
+    Cluster::builder(1)
+        .ports(&["node"])
+        .config(move |n, _| {
+            format!(
+                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n{extra}",
+                n.ip,
+                n.port("node")
+            )
+        })
+        .args(|n| {
+            vec![
+                "up".into(),
+                "--config".into(),
+                n.config_path.display().to_string(),
+                "--data-dir".into(),
+                n.data_dir.display().to_string(),
+            ]
+        })
+        .ready(Ready::http("node", "/readyz"))
+}
+
+fn admin_token(n: &NodeInfo) -> String {
+    std::fs::read_to_string(n.data_dir.join("secrets/admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+#[tokio::test]
+async fn up_serves_health_and_stops_cleanly_on_sigterm() {
+    let mut cluster = up_node("").start().await.unwrap();
+    let n = cluster.node(0).info.clone();
+    assert_eq!(http_status(n.addr("node"), "/healthz").await, Some(200));
+    assert_eq!(http_status(n.addr("node"), "/readyz").await, Some(200));
+
+    let http = http_client();
+    let url = format!("{}/v1/node", n.url("node"));
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
+    let r = http.get(&url).bearer_auth(admin_token(&n)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let status: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
+    assert!(status["uptime_secs"].is_u64());
+
+    // The API description is public and names its paths, auth scheme and error shape.
+    let r = http
+        .get(format!("{}/v1/openapi.json", n.url("node")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let doc: serde_json::Value = r.json().await.unwrap();
+    assert!(doc["paths"]["/v1/node"]["get"].is_object(), "{doc}");
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    assert!(doc["components"]["schemas"]["ErrorBody"].is_object(), "{doc}");
+
+    let log = cluster.node(0).log();
+    assert!(log.contains(&format!("http://{}", n.addr("node"))), "endpoints printed: {log}");
+    assert!(log.contains("admin credential:"), "{log}");
+    assert!(log.contains(&n.data_dir.join("secrets/admin-token").display().to_string()));
+
+    let pid = cluster.node(0).pid().unwrap() as i32;
+    let started = Instant::now();
+    let exit = cluster
+        .node_mut(0)
+        .terminate(Duration::from_secs(10))
+        .expect("exits by itself on SIGTERM");
+    assert!(exit.success(), "exit 0, got {exit:?}");
+    assert!(started.elapsed() < Duration::from_secs(10));
+    // Nothing left in its process group: no orphans.
+    assert!(killpg(Pid::from_raw(pid), None).is_err(), "process group still has members");
+}
+
+#[tokio::test]
+async fn secrets_are_private_and_never_logged() {
+    let mut cluster = up_node("[log]\nlevel = \"debug\"\nformat = \"json\"\n")
+        .start()
+        .await
+        .unwrap();
+    let n = cluster.node(0).info.clone();
+    let secrets_dir = n.data_dir.join("secrets");
+    let files = ["admin-token", "master.key", "signing.key"].map(|f| secrets_dir.join(f));
+    assert_eq!(mode(&n.data_dir), 0o700);
+    assert_eq!(mode(&secrets_dir), 0o700);
+    let values: Vec<String> = files
+        .iter()
+        .map(|f| {
+            assert_eq!(mode(f), 0o600, "{}", f.display());
+            std::fs::read_to_string(f).unwrap().trim().to_owned()
+        })
+        .collect();
+    assert!(values.iter().all(|v| v.len() == 64), "32 random bytes, hex");
+
+    // Use the token, and send the other secrets as (wrong) tokens: none may reach the log.
+    let http = http_client();
+    for token in &values {
+        let _ = http
+            .get(format!("{}/v1/node", n.url("node")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        let _ = http
+            .get(format!("{}/metrics?token={token}", n.url("node")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+    }
+    let first_token = values[0].clone();
+    cluster.restart(0).await.unwrap();
+    assert_eq!(admin_token(&n), first_token, "secrets are kept across restarts");
+    cluster.node_mut(0).terminate(Duration::from_secs(10));
+
+    let log = cluster.node(0).log();
+    assert!(log.contains("\"status\":200") || log.contains("status=200"), "debug request logs present: {log}");
+    assert!(log.lines().filter(|l| l.starts_with('{')).count() > 5, "json logs: {log}");
+    for (file, value) in files.iter().zip(&values) {
+        assert!(!log.contains(value.as_str()), "{} leaked into the log", file.display());
+    }
+}
+
+struct ConfigCase {
+    name: &'static str,
+    config: &'static str,
+    env: &'static [(&'static str, &'static str)],
+    args: &'static [&'static str],
+    expect: &'static [&'static str],
+}
+
+#[test]
+fn config_errors_exit_2_naming_the_key_and_write_nothing() {
+    let cases = [
+        ConfigCase {
+            name: "unknown key",
+            config: "[node]\nbind = \"127.0.0.1\"\nprot = 8070\n",
+            env: &[],
+            args: &[],
+            expect: &["key `node.prot`", "line 3", "unknown field"],
+        },
+        ConfigCase {
+            name: "unknown section",
+            config: "[nodes]\nport = 1\n",
+            env: &[],
+            args: &[],
+            expect: &["key `nodes`", "line 1"],
+        },
+        ConfigCase {
+            name: "wrong type",
+            config: "[http]\nmax_body_bytes = \"lots\"\n",
+            env: &[],
+            args: &[],
+            expect: &["key `http.max_body_bytes`", "line 2", "invalid type"],
+        },
+        ConfigCase {
+            name: "unparsable value",
+            config: "[node]\nbind = \"not-an-ip\"\n",
+            env: &[],
+            args: &[],
+            expect: &["key `node.bind`", "line 2"],
+        },
+        ConfigCase {
+            name: "broken TOML",
+            config: "[node\nport = 1\n",
+            env: &[],
+            args: &[],
+            expect: &["line 1"],
+        },
+        ConfigCase {
+            name: "bad log filter",
+            config: "[log]\nlevel = \"info,[[[\"\n",
+            env: &[],
+            args: &[],
+            expect: &["log.level"],
+        },
+        ConfigCase {
+            name: "bad log format",
+            config: "[log]\nformat = \"xml\"\n",
+            env: &[],
+            args: &[],
+            expect: &["key `log.format`", "line 2"],
+        },
+        ConfigCase {
+            name: "bad environment override",
+            config: "",
+            env: &[("UC_NODE__PORT", "eighty")],
+            args: &[],
+            expect: &["UC_NODE__PORT", "key `node.port`"],
+        },
+        ConfigCase {
+            name: "unknown environment key",
+            config: "",
+            env: &[("UC_NODE__PROT", "1")],
+            args: &[],
+            expect: &["UC_NODE__PROT", "key `node.prot`"],
+        },
+        ConfigCase {
+            name: "bad flag",
+            config: "",
+            env: &[],
+            args: &["--bind", "nowhere"],
+            expect: &["--bind"],
+        },
+        ConfigCase {
+            name: "missing TLS files",
+            config: "[http.tls]\ncert_file = \"/nonexistent/c.pem\"\nkey_file = \"/nonexistent/k.pem\"\n",
+            env: &[],
+            args: &[],
+            expect: &["http.tls", "/nonexistent/c.pem"],
+        },
+    ];
+    for case in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("node.toml");
+        std::fs::write(&config, case.config).unwrap();
+        let data_dir = dir.path().join("data");
+        let out = ultracloud()
+            .arg("up")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .args(case.args)
+            .envs(case.env.iter().copied())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {stderr}", case.name);
+        for needle in case.expect {
+            assert!(stderr.contains(needle), "{}: expected `{needle}` in: {stderr}", case.name);
+        }
+        assert!(!data_dir.exists(), "{}: data directory was written", case.name);
+    }
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    for args in [&["up", "--no-such-flag"][..], &["serve", "nothing"], &["frobnicate"], &[]] {
+        let out = ultracloud().args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}
+
+#[test]
+fn serve_without_an_admin_token_is_a_config_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!("[node]\ndata_dir = \"{}\"\n", dir.path().join("d").display()),
+    )
+    .unwrap();
+    let out = ultracloud()
+        .args(["serve", "node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("auth.admin_token_file"), "{stderr}");
+    assert!(!dir.path().join("d").exists());
+
+    // Too short a token is refused too.
+    let token = dir.path().join("token");
+    uc_runtime::secret::write_secret_file(&token, b"short").unwrap();
+    std::fs::write(
+        &config,
+        format!("[auth]\nadmin_token_file = \"{}\"\n", token.display()),
+    )
+    .unwrap();
+    let out = ultracloud()
+        .args(["serve", "node", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("too short"));
+}
+
+#[tokio::test]
+async fn a_data_directory_serves_one_process_at_a_time() {
+    let cluster = up_node("").start().await.unwrap();
+    let n = cluster.node(0).info.clone();
+    let port = free_port(n.ip);
+    let out = ultracloud()
+        .arg("up")
+        .arg("--data-dir")
+        .arg(&n.data_dir)
+        .env("UC_NODE__PORT", port.to_string())
+        .env("UC_NODE__BIND", n.ip.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("in use by another ultracloud process"), "{stderr}");
+}
+
+/// Reads a pretty-printed JSON document from the start of a stream.
+fn read_json(reader: &mut impl BufRead) -> serde_json::Value {
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(reader.read_line(&mut line).unwrap() > 0, "EOF before JSON ended: {text}");
+        text.push_str(&line);
+        if let Ok(value) = serde_json::from_str(&text) {
+            return value;
+        }
+    }
+}
+
+#[test]
+fn up_prints_endpoints_as_json_and_honours_env_overrides() {
+    let dir = tempfile::tempdir().unwrap();
+    let ip = std::net::Ipv4Addr::new(127, 0, 0, 42);
+    let port = free_port(ip);
+    let mut child = ultracloud()
+        .args(["-o", "json", "up", "--bind", "127.0.0.42", "--data-dir"])
+        .arg(dir.path().join("d"))
+        .env("UC_NODE__PORT", port.to_string())
+        .env("UC_NODE__NAME", "json-node")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let report = read_json(&mut stdout);
+    assert_eq!(report["node"], "json-node");
+    assert_eq!(report["endpoints"][0]["component"], "node");
+    assert_eq!(report["endpoints"][0]["url"], format!("http://127.0.0.42:{port}"));
+    assert!(
+        report["admin_token_file"]
+            .as_str()
+            .unwrap()
+            .ends_with("secrets/admin-token")
+    );
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGINT).unwrap();
+    assert!(child.wait().unwrap().success(), "SIGINT exits 0 as well");
+}
+
+#[test]
+fn version_prints_table_or_json() {
+    let out = ultracloud().arg("version").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.starts_with("FIELD"), "{text}");
+    assert!(text.contains(env!("CARGO_PKG_VERSION")));
+
+    let out = ultracloud().args(["version", "-o", "json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+}
+
+fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (ca_path, cert_path, key_path) =
+        (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    uc_runtime::secret::write_secret_file(&key_path, key.serialize_pem().as_bytes()).unwrap();
+    (ca_path, cert_path, key_path)
+}
+
+#[tokio::test]
+async fn tls_from_the_config_file() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = write_tls_files(pki.path());
+    let port = free_port(std::net::Ipv4Addr::LOCALHOST);
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("node.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    let mut child = ultracloud()
+        .arg("up")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    uc_runtime::tls::ensure_crypto_provider();
+    let https = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_merge([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
+        .build()
+        .unwrap();
+    let url = format!("https://localhost:{port}/healthz");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Ok(r) = https.get(&url).send().await {
+            break r.status();
+        }
+        assert!(Instant::now() < deadline, "no TLS answer");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(status, 200);
+    kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM).unwrap();
+    assert!(child.wait().unwrap().success());
+
+    // A key others can read is refused before anything starts.
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = ultracloud()
+        .arg("up")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path().join("d2"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
+    assert!(!data.path().join("d2").exists());
+}
