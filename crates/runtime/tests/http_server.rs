@@ -528,3 +528,26 @@ async fn world_readable_tls_key_is_refused() {
         .unwrap();
     assert!(err.to_string().contains("chmod 600"), "{err}");
 }
+
+#[tokio::test]
+async fn idle_and_half_open_connections_do_not_hold_up_shutdown() {
+    let pki = pki();
+    let s = start(HttpConfig {
+        shutdown_grace_secs: 60,
+        tls: Some(TlsConfig {
+            cert_file: pki.server_cert.clone(),
+            key_file: pki.server_key.clone(),
+            client_ca_file: None,
+        }),
+        ..Default::default()
+    })
+    .await;
+    // A TCP connection that never starts its TLS handshake.
+    let _silent = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    s.shutdown.trigger();
+    tokio::time::timeout(Duration::from_secs(20), s.task)
+        .await
+        .expect("drain does not wait out the 60 s grace for a connection with no request")
+        .unwrap();
+}

@@ -67,7 +67,12 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
     let http = http_client();
     let url = format!("{}/v1/node", n.url("node"));
     assert_eq!(http.get(&url).send().await.unwrap().status(), 401);
-    let r = http.get(&url).bearer_auth(admin_token(&n)).send().await.unwrap();
+    let r = http
+        .get(&url)
+        .bearer_auth(admin_token(&n))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let status: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
@@ -82,11 +87,20 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
     assert_eq!(r.status(), 200);
     let doc: serde_json::Value = r.json().await.unwrap();
     assert!(doc["paths"]["/v1/node"]["get"].is_object(), "{doc}");
-    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
-    assert!(doc["components"]["schemas"]["ErrorBody"].is_object(), "{doc}");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    assert!(
+        doc["components"]["schemas"]["ErrorBody"].is_object(),
+        "{doc}"
+    );
 
     let log = cluster.node(0).log();
-    assert!(log.contains(&format!("http://{}", n.addr("node"))), "endpoints printed: {log}");
+    assert!(
+        log.contains(&format!("http://{}", n.addr("node"))),
+        "endpoints printed: {log}"
+    );
     assert!(log.contains("admin credential:"), "{log}");
     assert!(log.contains(&n.data_dir.join("secrets/admin-token").display().to_string()));
 
@@ -99,7 +113,10 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
     assert!(exit.success(), "exit 0, got {exit:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // Nothing left in its process group: no orphans.
-    assert!(killpg(Pid::from_raw(pid), None).is_err(), "process group still has members");
+    assert!(
+        killpg(Pid::from_raw(pid), None).is_err(),
+        "process group still has members"
+    );
 }
 
 #[tokio::test]
@@ -140,14 +157,28 @@ async fn secrets_are_private_and_never_logged() {
     }
     let first_token = values[0].clone();
     cluster.restart(0).await.unwrap();
-    assert_eq!(admin_token(&n), first_token, "secrets are kept across restarts");
+    assert_eq!(
+        admin_token(&n),
+        first_token,
+        "secrets are kept across restarts"
+    );
     cluster.node_mut(0).terminate(Duration::from_secs(10));
 
     let log = cluster.node(0).log();
-    assert!(log.contains("\"status\":200") || log.contains("status=200"), "debug request logs present: {log}");
-    assert!(log.lines().filter(|l| l.starts_with('{')).count() > 5, "json logs: {log}");
+    assert!(
+        log.contains("\"status\":200") || log.contains("status=200"),
+        "debug request logs present: {log}"
+    );
+    assert!(
+        log.lines().filter(|l| l.starts_with('{')).count() > 5,
+        "json logs: {log}"
+    );
     for (file, value) in files.iter().zip(&values) {
-        assert!(!log.contains(value.as_str()), "{} leaked into the log", file.display());
+        assert!(
+            !log.contains(value.as_str()),
+            "{} leaked into the log",
+            file.display()
+        );
     }
 }
 
@@ -258,15 +289,28 @@ fn config_errors_exit_2_naming_the_key_and_write_nothing() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{}: {stderr}", case.name);
         for needle in case.expect {
-            assert!(stderr.contains(needle), "{}: expected `{needle}` in: {stderr}", case.name);
+            assert!(
+                stderr.contains(needle),
+                "{}: expected `{needle}` in: {stderr}",
+                case.name
+            );
         }
-        assert!(!data_dir.exists(), "{}: data directory was written", case.name);
+        assert!(
+            !data_dir.exists(),
+            "{}: data directory was written",
+            case.name
+        );
     }
 }
 
 #[test]
 fn usage_errors_exit_2() {
-    for args in [&["up", "--no-such-flag"][..], &["serve", "nothing"], &["frobnicate"], &[]] {
+    for args in [
+        &["up", "--no-such-flag"][..],
+        &["serve", "nothing"],
+        &["frobnicate"],
+        &[],
+    ] {
         let out = ultracloud().args(args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
     }
@@ -278,7 +322,10 @@ fn serve_without_an_admin_token_is_a_config_error() {
     let config = dir.path().join("node.toml");
     std::fs::write(
         &config,
-        format!("[node]\ndata_dir = \"{}\"\n", dir.path().join("d").display()),
+        format!(
+            "[node]\ndata_dir = \"{}\"\n",
+            dir.path().join("d").display()
+        ),
     )
     .unwrap();
     let out = ultracloud()
@@ -323,7 +370,10 @@ async fn a_data_directory_serves_one_process_at_a_time() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("in use by another ultracloud process"), "{stderr}");
+    assert!(
+        stderr.contains("in use by another ultracloud process"),
+        "{stderr}"
+    );
 }
 
 /// Reads a pretty-printed JSON document from the start of a stream.
@@ -331,7 +381,10 @@ fn read_json(reader: &mut impl BufRead) -> serde_json::Value {
     let mut text = String::new();
     loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "EOF before JSON ended: {text}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "EOF before JSON ended: {text}"
+        );
         text.push_str(&line);
         if let Ok(value) = serde_json::from_str(&text) {
             return value;
@@ -357,7 +410,10 @@ fn up_prints_endpoints_as_json_and_honours_env_overrides() {
     let report = read_json(&mut stdout);
     assert_eq!(report["node"], "json-node");
     assert_eq!(report["endpoints"][0]["component"], "node");
-    assert_eq!(report["endpoints"][0]["url"], format!("http://127.0.0.42:{port}"));
+    assert_eq!(
+        report["endpoints"][0]["url"],
+        format!("http://127.0.0.42:{port}")
+    );
     assert!(
         report["admin_token_file"]
             .as_str()
@@ -376,7 +432,10 @@ fn version_prints_table_or_json() {
     assert!(text.starts_with("FIELD"), "{text}");
     assert!(text.contains(env!("CARGO_PKG_VERSION")));
 
-    let out = ultracloud().args(["version", "-o", "json"]).output().unwrap();
+    let out = ultracloud()
+        .args(["version", "-o", "json"])
+        .output()
+        .unwrap();
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 }
@@ -393,8 +452,11 @@ fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
         .unwrap()
         .signed_by(&key, &issuer)
         .unwrap();
-    let (ca_path, cert_path, key_path) =
-        (dir.join("ca.pem"), dir.join("cert.pem"), dir.join("key.pem"));
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
     std::fs::write(&ca_path, ca_cert.pem()).unwrap();
     std::fs::write(&cert_path, cert.pem()).unwrap();
     uc_runtime::secret::write_secret_file(&key_path, key.serialize_pem().as_bytes()).unwrap();

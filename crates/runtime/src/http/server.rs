@@ -108,12 +108,14 @@ impl HttpServer {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
-        components
-            .schemas
-            .insert(crate::ErrorBody::name().into_owned(), crate::ErrorBody::schema());
-        components
-            .schemas
-            .insert(crate::ErrorDetail::name().into_owned(), crate::ErrorDetail::schema());
+        components.schemas.insert(
+            crate::ErrorBody::name().into_owned(),
+            crate::ErrorBody::schema(),
+        );
+        components.schemas.insert(
+            crate::ErrorDetail::name().into_owned(),
+            crate::ErrorDetail::schema(),
+        );
         self.openapi = Some(doc);
         self
     }
@@ -290,6 +292,7 @@ impl BoundHttpServer {
             let builder = builder.clone();
             let app = app.clone();
             let tls = tls.clone();
+            let shutdown = shutdown.clone();
             connections.spawn(async move {
                 match tls {
                     None => {
@@ -297,9 +300,13 @@ impl BoundHttpServer {
                             .await
                     }
                     Some(acceptor) => {
-                        match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream))
-                            .await
-                        {
+                        // A handshake still under way when shutdown begins carries no request
+                        // yet: drop it rather than make the drain wait for it.
+                        let handshake = tokio::select! {
+                            h = tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => h,
+                            _ = shutdown.wait() => return,
+                        };
+                        match handshake {
                             Ok(Ok(tls_stream)) => {
                                 let peer_certs =
                                     tls_stream.get_ref().1.peer_certificates().map(|c| {
