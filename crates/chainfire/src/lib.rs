@@ -1,0 +1,3 @@
+//! chainfire: the replicated coordination store, wire-compatible with the etcd v3 API.
+
+pub mod mvcc;
