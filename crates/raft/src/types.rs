@@ -1,0 +1,75 @@
+//! The openraft type configuration, generic over the application.
+
+use std::fmt;
+use std::io::Cursor;
+use std::marker::PhantomData;
+
+use serde::{Deserialize, Serialize};
+
+use crate::state_machine::App;
+
+pub type NodeId = u64;
+
+/// What the cluster knows about a member: its name and where to reach it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PeerNode {
+    pub name: String,
+    /// Base URL of the member's raft (peer) HTTP server, e.g. `http://10.0.0.2:2380`.
+    pub peer_url: String,
+    /// Where clients reach the member's application API (e.g. etcd gRPC).
+    pub client_urls: Vec<String>,
+}
+
+impl fmt::Display for PeerNode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.name, self.peer_url)
+    }
+}
+
+/// openraft's type configuration for an [`App`]. (The derive macros would demand bounds on `A`
+/// that a marker type does not need, hence the hand-written impls.)
+pub struct TypeConfig<A>(PhantomData<fn() -> A>);
+
+impl<A> Clone for TypeConfig<A> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<A> Copy for TypeConfig<A> {}
+impl<A> Default for TypeConfig<A> {
+    fn default() -> Self {
+        Self(PhantomData)
+    }
+}
+impl<A> PartialEq for TypeConfig<A> {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+impl<A> Eq for TypeConfig<A> {}
+impl<A> PartialOrd for TypeConfig<A> {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl<A> Ord for TypeConfig<A> {
+    fn cmp(&self, _: &Self) -> std::cmp::Ordering {
+        std::cmp::Ordering::Equal
+    }
+}
+impl<A> fmt::Debug for TypeConfig<A> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("TypeConfig")
+    }
+}
+
+impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
+    type D = A::Request;
+    type R = A::Response;
+    type NodeId = NodeId;
+    type Node = PeerNode;
+    type Entry = openraft::Entry<Self>;
+    type SnapshotData = Cursor<Vec<u8>>;
+    type AsyncRuntime = openraft::TokioRuntime;
+    type Responder = openraft::impls::OneshotResponder<Self>;
+}
