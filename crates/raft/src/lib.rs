@@ -22,5 +22,5 @@ pub use node::{
     MemberInfo, Membership, RaftNode, RaftNodeConfig, RaftStatus, RaftTuning, WriteError,
 };
 pub use openraft;
-pub use state_machine::App;
+pub use state_machine::{App, seed_from_snapshot};
 pub use types::{NodeId, PeerNode, TypeConfig};

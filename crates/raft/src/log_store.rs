@@ -342,3 +342,21 @@ impl<A: App> RaftLogStorage<TypeConfig<A>> for LogStore<A> {
             .map_err(|e| storage_error(ErrorSubject::Logs, ErrorVerb::Delete, e))
     }
 }
+
+/// Creates a log database whose log starts after `log_id` (everything up to it is covered by
+/// a snapshot).
+pub(crate) fn seed_purged(dir: &Path, log_id: LogId<NodeId>) -> io::Result<()> {
+    let db = Database::create(dir.join("raft-log.redb")).map_err(io::Error::other)?;
+    let txn = db.begin_write().map_err(io::Error::other)?;
+    {
+        txn.open_table(LOG).map_err(io::Error::other)?;
+        let mut meta = txn.open_table(META).map_err(io::Error::other)?;
+        let purged = encode(&Some(log_id))?;
+        meta.insert(LAST_PURGED, purged.as_slice())
+            .map_err(io::Error::other)?;
+        meta.insert(COMMITTED, purged.as_slice())
+            .map_err(io::Error::other)?;
+    }
+    txn.commit().map_err(io::Error::other)?;
+    Ok(())
+}

@@ -156,6 +156,8 @@ impl<A: App> RaftNode<A> {
             .await
             .map_err(|e| format!("raft: {e}"))?;
 
+        tokio::spawn(promote_caught_up_learners(raft.clone()));
+
         let mut metrics = raft.metrics();
         let group = config.group.clone();
         tokio::spawn(async move {
@@ -367,6 +369,49 @@ impl<A: App> RaftNode<A> {
         }
     }
 
+    /// Sends `request` to the current leader's peer route `path` (for component-specific calls
+    /// that only the leader can answer, such as lease keep-alives). Waits for a leader; never
+    /// calls this node itself (check [`RaftNode::is_leader`] first).
+    pub async fn call_leader<Req, Resp>(
+        &self,
+        path: &str,
+        request: &Req,
+    ) -> Result<Resp, WriteError>
+    where
+        Req: Serialize,
+        Resp: serde::de::DeserializeOwned,
+    {
+        let deadline = Instant::now() + self.inner.timeout;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if let Some((_, node)) = self
+                .inner
+                .leader_hint()
+                .filter(|(id, _)| *id != self.inner.id)
+            {
+                match self
+                    .inner
+                    .peers
+                    .call(
+                        &node.peer_url,
+                        path,
+                        request,
+                        remaining.max(Duration::from_millis(100)),
+                    )
+                    .await
+                {
+                    Ok(answer) => return Ok(answer),
+                    Err(CallError::Unreachable(_)) => {}
+                    Err(CallError::Unknown(m)) => return Err(WriteError::Unknown(m)),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Err(WriteError::NoLeader);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub fn membership(&self) -> Membership {
         let metrics = self.inner.raft.metrics();
         let m = metrics.borrow();
@@ -485,14 +530,18 @@ impl<A: App> Inner<A> {
                 node,
                 voter: true,
             } => {
-                self.raft
-                    .change_membership(
-                        ChangeMembers::AddVoters(BTreeMap::from([(id, node)])),
-                        false,
-                    )
-                    .await
+                let node = PeerNode {
+                    promote_when_caught_up: true,
+                    ..node
+                };
+                self.raft.add_learner(id, node, false).await
             }
             AdminOp::Promote { id } => {
+                if !caught_up(&self.raft.metrics().borrow(), id) {
+                    return Err(ForwardError::Failed(format!(
+                        "learner {id:x} is not in sync with the leader"
+                    )));
+                }
                 self.raft
                     .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
                     .await
@@ -529,6 +578,58 @@ impl<A: App> Inner<A> {
                 })
             }
             Err(e) => Err(ForwardError::Failed(e.to_string())),
+        }
+    }
+}
+
+/// A learner is caught up when it has replicated all but the last few entries.
+const CAUGHT_UP_LAG: u64 = 64;
+
+fn caught_up(m: &openraft::RaftMetrics<NodeId, PeerNode>, id: NodeId) -> bool {
+    let Some(replication) = &m.replication else {
+        return false;
+    };
+    let matched = replication.get(&id).copied().flatten().map(|l| l.index);
+    let last = m.last_log_index.unwrap_or(0);
+    matched.is_some_and(|i| i + CAUGHT_UP_LAG >= last)
+}
+
+/// On the leader: promotes learners that were added as voters once they have caught up.
+async fn promote_caught_up_learners<A: App>(raft: Raft<TypeConfig<A>>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    loop {
+        tick.tick().await;
+        let ready: BTreeSet<NodeId> = {
+            let metrics = raft.metrics();
+            let m = metrics.borrow();
+            if m.running_state.is_err() {
+                return;
+            }
+            if m.state != ServerState::Leader
+                || m.membership_config.membership().get_joint_config().len() > 1
+            {
+                continue;
+            }
+            let membership = m.membership_config.membership();
+            membership
+                .learner_ids()
+                .filter(|id| {
+                    membership
+                        .get_node(id)
+                        .is_some_and(|n| n.promote_when_caught_up)
+                        && caught_up(&m, *id)
+                })
+                .collect()
+        };
+        if ready.is_empty() {
+            continue;
+        }
+        tracing::info!(?ready, "promoting caught-up learners to voters");
+        if let Err(e) = raft
+            .change_membership(ChangeMembers::AddVoterIds(ready), false)
+            .await
+        {
+            tracing::warn!(error = %e, "promotion failed; will retry");
         }
     }
 }

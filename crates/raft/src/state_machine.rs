@@ -263,3 +263,35 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
         }))
     }
 }
+
+/// Prepares an empty directory to start a member of a *new* cluster from an application
+/// snapshot (whole-cluster restore): every member is seeded with the same data and the same
+/// founding membership, as if both had been committed at log index 1, and elects a leader
+/// when started.
+pub fn seed_from_snapshot(
+    dir: &Path,
+    app_data: Vec<u8>,
+    members: std::collections::BTreeMap<NodeId, PeerNode>,
+) -> io::Result<()> {
+    use openraft::{CommittedLeaderId, Membership};
+    if dir.join("snapshot.bin").exists() || dir.join("raft-log.redb").exists() {
+        return Err(io::Error::other(format!(
+            "{} already holds Raft state; restore into an empty directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir)?;
+    let log_id = LogId::new(CommittedLeaderId::new(1, 0), 1);
+    let voters = members.keys().copied().collect();
+    let membership = Membership::new(vec![voters], members);
+    let file = SnapshotFile {
+        meta: Meta {
+            last_log_id: Some(log_id),
+            last_membership: StoredMembership::new(Some(log_id), membership),
+            snapshot_id: "restored".to_owned(),
+        },
+        data: app_data,
+    };
+    write_snapshot_file(&dir.join("snapshot.bin"), &file)?;
+    crate::log_store::seed_purged(dir, log_id)
+}

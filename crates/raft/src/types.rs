@@ -18,6 +18,10 @@ pub struct PeerNode {
     pub peer_url: String,
     /// Where clients reach the member's application API (e.g. etcd gRPC).
     pub client_urls: Vec<String>,
+    /// Added as a voter while not yet running: it joins as a learner and the leader promotes
+    /// it once it has caught up, so adding a member never costs the cluster its quorum.
+    #[serde(default)]
+    pub promote_when_caught_up: bool,
 }
 
 impl fmt::Display for PeerNode {

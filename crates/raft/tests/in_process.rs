@@ -112,6 +112,7 @@ fn peer(m: &Member) -> PeerNode {
         name: format!("n{}", m.id),
         peer_url: m.url.clone(),
         client_urls: vec![],
+        promote_when_caught_up: false,
     }
 }
 
@@ -225,6 +226,7 @@ async fn writes_without_quorum_fail_cleanly() {
                 name: "n2".into(),
                 peer_url: format!("http://127.0.0.1:{b_port}"),
                 client_urls: vec![],
+                promote_when_caught_up: false,
             },
         ),
     ]);
@@ -235,4 +237,101 @@ async fn writes_without_quorum_fail_cleanly() {
         "{err}"
     );
     assert!(a.app.get("x").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_cluster_starts_from_a_seeded_snapshot() {
+    let root = tempfile::tempdir().unwrap();
+    let data = postcard::to_stdvec(&BTreeMap::from([(
+        "restored".to_string(),
+        "yes".to_string(),
+    )]))
+    .unwrap();
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let members = BTreeMap::from([(
+        7,
+        PeerNode {
+            name: "n7".into(),
+            peer_url: format!("http://127.0.0.1:{port}"),
+            client_urls: vec![],
+            promote_when_caught_up: false,
+        },
+    )]);
+    uc_raft::seed_from_snapshot(&root.path().join("n7"), data.clone(), members.clone()).unwrap();
+    assert!(
+        uc_raft::seed_from_snapshot(&root.path().join("n7"), data, members).is_err(),
+        "never over existing state"
+    );
+
+    let m = start_member(7, root.path(), port).await;
+    wait_leader(&[&m]).await;
+    m.node.read_barrier().await.unwrap();
+    assert_eq!(m.app.get("restored").as_deref(), Some("yes"));
+    m.node.write(Set("after".into(), "1".into())).await.unwrap();
+    assert_eq!(m.app.get("after").as_deref(), Some("1"));
+    assert_eq!(m.node.membership().members.len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_added_as_voter_joins_as_learner_and_is_promoted_when_caught_up() {
+    let root = tempfile::tempdir().unwrap();
+    let a = start_member(1, root.path(), 0).await;
+    a.node
+        .initialize(BTreeMap::from([(1, peer(&a))]))
+        .await
+        .unwrap();
+    wait_leader(&[&a]).await;
+    for i in 0..30 {
+        a.node
+            .write(Set(format!("k{i}"), "v".into()))
+            .await
+            .unwrap();
+    }
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let joining = PeerNode {
+        name: "n2".into(),
+        peer_url: format!("http://127.0.0.1:{port}"),
+        client_urls: vec![],
+        promote_when_caught_up: false,
+    };
+    // Returns at once although the new member is not running yet: the cluster keeps quorum.
+    a.node.add_member(2, joining, true).await.unwrap();
+    let m = a.node.membership();
+    assert!(m.members.iter().any(|m| m.id == 2 && !m.voter));
+    a.node
+        .write(Set("still".into(), "writable".into()))
+        .await
+        .unwrap();
+    assert!(
+        a.node.promote(2).await.is_err(),
+        "not in sync before it runs"
+    );
+
+    let b = start_member(2, root.path(), port).await;
+    for _ in 0..200 {
+        if a.node.membership().members.iter().all(|m| m.voter) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        a.node.membership().members.iter().all(|m| m.voter),
+        "{:?}",
+        a.node.membership()
+    );
+    b.node.read_barrier().await.unwrap();
+    assert_eq!(b.app.get("still").as_deref(), Some("writable"));
+
+    a.node.remove_member(2).await.unwrap();
+    assert_eq!(a.node.membership().members.len(), 1);
+    a.node
+        .write(Set("after-remove".into(), "1".into()))
+        .await
+        .unwrap();
 }

@@ -9,6 +9,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod component;
 pub mod config;
 pub mod error;
 pub mod http;
@@ -18,6 +19,7 @@ pub mod secret;
 pub mod shutdown;
 pub mod tls;
 
+pub use component::NodeContext;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
 pub use secret::Secret;
 pub use shutdown::Shutdown;

@@ -35,6 +35,85 @@ pub enum Command {
     Serve(ServeArgs),
     /// Print version information.
     Version,
+    /// chainfire (the etcd-compatible coordination store): members and backups.
+    Chainfire(ChainfireArgs),
+}
+
+/// How client commands reach a running cloud.
+#[derive(Debug, Args)]
+pub struct ClientArgs {
+    /// File holding the bearer token (the admin credential `up` wrote).
+    #[arg(
+        long,
+        value_name = "FILE",
+        default_value = "./.ultracloud/secrets/admin-token",
+        global = true
+    )]
+    pub token_file: PathBuf,
+    /// Extra CA certificate (PEM) to trust for https endpoints.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub ca_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ChainfireArgs {
+    #[command(subcommand)]
+    pub command: ChainfireCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ChainfireCommand {
+    /// Cluster members.
+    Member {
+        #[command(subcommand)]
+        command: MemberCommand,
+    },
+    /// Backups: save from a running cluster, restore into a new one.
+    Snapshot {
+        #[command(subcommand)]
+        command: SnapshotCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemberCommand {
+    /// List the cluster's members.
+    List {
+        /// etcd v3 endpoint of any member.
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        endpoint: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Save a consistent backup of the whole keyspace to FILE.
+    Save {
+        file: PathBuf,
+        /// etcd v3 endpoint of any member.
+        #[arg(long, default_value = "http://127.0.0.1:2379")]
+        endpoint: String,
+        #[command(flatten)]
+        client: ClientArgs,
+    },
+    /// Prepare a member of a new cluster from a backup (offline; run once per member).
+    Restore {
+        file: PathBuf,
+        /// The new member's node data directory (its `node.data_dir`); must not hold chainfire state.
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// This member's name.
+        #[arg(long, default_value = "default")]
+        name: String,
+        /// The new cluster's members, `name=peer-url,…` (default: this member alone).
+        #[arg(long, value_delimiter = ',')]
+        initial_cluster: Vec<String>,
+        /// This member's peer URL (default: its entry in --initial-cluster, or http://127.0.0.1:2380).
+        #[arg(long)]
+        peer_url: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -65,4 +144,6 @@ pub struct ServeArgs {
 pub enum Component {
     /// The node's own health, metrics and status server.
     Node,
+    /// The etcd-compatible coordination store.
+    Chainfire,
 }

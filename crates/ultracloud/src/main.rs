@@ -1,6 +1,7 @@
 //! `ultracloud`: the one binary. CLI parsing and wiring only; the work is in the component
 //! crates and uc-runtime.
 
+mod chainfire_cli;
 mod cli;
 mod node;
 mod node_config;
@@ -41,6 +42,7 @@ fn main() -> ExitCode {
         Command::Version => output::print_version(cli.output),
         Command::Up(args) => run_async(up::up(args, cli.output)),
         Command::Serve(args) => run_async(up::serve(args)),
+        Command::Chainfire(args) => run_async(chainfire_cli::run(args.command, cli.output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

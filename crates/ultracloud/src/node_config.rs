@@ -18,6 +18,7 @@ pub struct NodeConfig {
     pub log: LogConfig,
     pub http: HttpConfig,
     pub auth: AuthConfig,
+    pub chainfire: chainfire::ChainfireConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -76,6 +77,7 @@ impl NodeConfig {
                 cfg.node.name
             )));
         }
+        chainfire::check_config(&cfg.chainfire).map_err(|e| Failure::Config(e.to_string()))?;
         if cfg.http.max_body_bytes == 0 {
             return Err(Failure::Config(
                 "config key `http.max_body_bytes`: must be greater than 0".to_owned(),
@@ -89,6 +91,22 @@ impl NodeConfig {
             .admin_token_file
             .clone()
             .unwrap_or_else(|| crate::secrets::SecretPaths::new(&self.node.data_dir).admin_token)
+    }
+
+    /// What components get from this node.
+    pub fn context(
+        &self,
+        auth: std::sync::Arc<dyn uc_runtime::auth::Authenticator>,
+        service_token: uc_runtime::Secret<String>,
+    ) -> uc_runtime::NodeContext {
+        uc_runtime::NodeContext {
+            node_name: self.node.name.clone(),
+            bind: self.node.bind,
+            data_dir: self.node.data_dir.clone(),
+            http: self.http.clone(),
+            auth,
+            service_token,
+        }
     }
 
     pub fn listen(&self, port: u16) -> SocketAddr {

@@ -6,13 +6,13 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use uc_runtime::Shutdown;
 use uc_runtime::auth::{Authenticator, StaticTokenAuthenticator};
 use uc_runtime::config::Override;
+use uc_runtime::{Secret, Shutdown};
 
 use crate::Failure;
 use crate::cli::{Component, OutputFormat, ServeArgs, UpArgs};
-use crate::node::{self, NodeStatus};
+use crate::node::{self, Endpoint, NodeStatus};
 use crate::node_config::NodeConfig;
 use crate::output;
 use crate::secrets::{self, DirLock, SecretPaths};
@@ -30,6 +30,54 @@ struct EndpointRow {
     component: String,
     url: String,
     health: String,
+}
+
+/// A component started by `up` or `serve`: what it listens on, and its task.
+struct Started {
+    endpoints: Vec<Endpoint>,
+    /// (component, health URL)
+    health: Vec<(String, String)>,
+    task: tokio::task::JoinHandle<()>,
+    _lock: DirLock,
+}
+
+async fn start_chainfire(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("chainfire"))?;
+    let running = chainfire::start(ctx, cfg.chainfire.clone(), shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            chainfire::StartError::Config(m) => Failure::Config(m),
+            chainfire::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    let ep = &running.endpoints;
+    Ok(Started {
+        endpoints: vec![
+            Endpoint {
+                component: "chainfire (etcd v3 gRPC)".into(),
+                url: ep.client_url.clone(),
+            },
+            Endpoint {
+                component: "chainfire admin".into(),
+                url: ep.admin_url.clone(),
+            },
+        ],
+        health: vec![
+            (
+                "chainfire (etcd v3 gRPC)".into(),
+                format!("{}/healthz", ep.client_url),
+            ),
+            (
+                "chainfire admin".into(),
+                format!("{}/healthz", ep.admin_url),
+            ),
+        ],
+        task: running.task,
+        _lock: lock,
+    })
 }
 
 pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
@@ -57,17 +105,18 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let data_dir = &cfg.node.data_dir;
     let first_start = !data_dir.exists();
     secrets::ensure_private_dir(data_dir)?;
-    let _lock = DirLock::acquire(&data_dir.join("node"))?;
+    let node_lock = DirLock::acquire(&data_dir.join("node"))?;
     let paths = SecretPaths::new(data_dir);
     let generated_token = secrets::ensure_node_secrets(&paths)?;
     let admin_token = configured_token.unwrap_or(generated_token);
     if first_start {
         tracing::info!(data_dir = %data_dir.display(), "initialized data directory");
     }
-    let auth: Arc<dyn Authenticator> = Arc::new(StaticTokenAuthenticator::admin(admin_token));
+    let (auth, ctx) = context(&cfg, admin_token);
 
-    // Components start here as they land; the node server comes last and lists them.
-    let components = Vec::new();
+    // Each component starts here; the node server comes last and lists them.
+    let started = vec![start_chainfire(&cfg, &ctx, &shutdown).await?];
+    let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
         &cfg.http,
         auth.clone(),
@@ -75,28 +124,28 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
         NodeStatus {
             name: cfg.node.name.clone(),
             version: uc_runtime::VERSION,
-            components: components.clone(),
+            components,
         },
     )
     .await
     .context("cannot start the node server")?;
 
-    let scheme = if cfg.http.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
+    let scheme = ctx.scheme();
     let node_url = format!("{scheme}://{}", node_server.local_addr());
     let mut rows: Vec<EndpointRow> = vec![EndpointRow {
         component: "node".into(),
         health: format!("{node_url}/healthz"),
         url: node_url,
     }];
-    rows.extend(components.iter().map(|c| EndpointRow {
-        component: c.component.clone(),
-        health: format!("{}/healthz", c.url),
-        url: c.url.clone(),
-    }));
+    for s in &started {
+        for (endpoint, (_, health)) in s.endpoints.iter().zip(&s.health) {
+            rows.push(EndpointRow {
+                component: endpoint.component.clone(),
+                url: endpoint.url.clone(),
+                health: health.clone(),
+            });
+        }
+    }
     let report = UpReport {
         node: cfg.node.name.clone(),
         data_dir: data_dir.display().to_string(),
@@ -110,8 +159,22 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     readiness.set_ready();
     tracing::info!(node = %cfg.node.name, "ultracloud is up");
     node_task.await.context("node server task failed")?;
+    for s in started {
+        let _ = s.task.await;
+    }
+    drop(node_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+fn context(
+    cfg: &NodeConfig,
+    admin_token: Secret<String>,
+) -> (Arc<dyn Authenticator>, uc_runtime::NodeContext) {
+    let auth: Arc<dyn Authenticator> =
+        Arc::new(StaticTokenAuthenticator::admin(admin_token.clone()));
+    let ctx = cfg.context(auth.clone(), admin_token);
+    (auth, ctx)
 }
 
 fn print_report(format: OutputFormat, report: &UpReport) {
@@ -147,11 +210,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
     let token = secrets::read_admin_token(&cfg.admin_token_file()).map_err(Failure::Config)?;
     uc_runtime::log::init(&cfg.log).map_err(Failure::Config)?;
     let shutdown = Shutdown::on_signals().context("cannot install signal handlers")?;
-    let auth: Arc<dyn Authenticator> = Arc::new(StaticTokenAuthenticator::admin(token));
+    secrets::ensure_private_dir(&cfg.node.data_dir)?;
+    let (auth, ctx) = context(&cfg, token);
 
     match args.component {
         Component::Node => {
-            secrets::ensure_private_dir(&cfg.node.data_dir)?;
             let _lock = DirLock::acquire(&cfg.node.data_dir.join("node"))?;
             let server = node::bind(
                 &cfg.http,
@@ -167,6 +230,10 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
             .context("cannot start the node server")?;
             server.readiness().set_ready();
             server.serve(shutdown).await;
+        }
+        Component::Chainfire => {
+            let started = start_chainfire(&cfg, &ctx, &shutdown).await?;
+            let _ = started.task.await;
         }
     }
     tracing::info!("stopped");

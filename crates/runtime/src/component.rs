@@ -1,0 +1,43 @@
+//! What every component gets from the node it runs on, the same under `ultracloud up` and
+//! `ultracloud serve <component>`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::http::HttpConfig;
+use crate::secret::Secret;
+
+#[derive(Clone)]
+pub struct NodeContext {
+    pub node_name: String,
+    /// The address the component's listeners bind to.
+    pub bind: IpAddr,
+    /// The node's data directory; a component keeps its state in `data_dir/<component>`.
+    pub data_dir: PathBuf,
+    pub http: HttpConfig,
+    /// Verifies callers' bearer tokens.
+    pub auth: Arc<dyn Authenticator>,
+    /// The credential this node presents to peers and to other components.
+    pub service_token: Secret<String>,
+}
+
+impl NodeContext {
+    pub fn component_dir(&self, component: &str) -> PathBuf {
+        self.data_dir.join(component)
+    }
+
+    pub fn listen(&self, port: u16) -> SocketAddr {
+        SocketAddr::new(self.bind, port)
+    }
+
+    /// `http` or `https`, as the node's listeners serve.
+    pub fn scheme(&self) -> &'static str {
+        if self.http.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
