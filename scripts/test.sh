@@ -6,7 +6,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real peers/clients. Components add theirs here.
-PACKAGES=()
+#   etcd-client, etcd-server: etcdctl against chainfire; a real etcd for differential tests
+PACKAGES=(etcd-client etcd-server)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -18,11 +19,22 @@ if ((${#missing[@]})); then
   echo "==> installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # Debian starts an etcd service on 127.0.0.1:2379 when etcd-server is installed; tests start
+  # their own etcd, and `ultracloud up` needs port 2379 for chainfire.
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then
+    $sudo systemctl disable --now etcd || true
+  fi
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "==> installing cargo-nextest"
   cargo install --locked cargo-nextest
+fi
+# The etcd-client crate (test-only) compiles protos via $PROTOC; protox is a pure-Rust protoc
+# (.cargo/config.toml points PROTOC at it). No system protoc is ever needed.
+if ! command -v protox >/dev/null 2>&1; then
+  echo "==> installing protox"
+  cargo install --locked protox --version 0.10.0 --features bin
 fi
 
 echo "==> tests"
