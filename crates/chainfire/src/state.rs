@@ -143,29 +143,62 @@ impl App for ChainfireState {
     }
 }
 
-/// A chainfire backup: the state machine's snapshot bytes followed by their SHA-256, like
-/// etcd's snapshot stream, so a truncated or altered file is detected.
-pub fn seal_backup(mut data: Vec<u8>) -> Vec<u8> {
+const BACKUP_MAGIC: &[u8; 8] = b"UCCFSNP1";
+
+/// A chainfire backup: a magic, the snapshot's length, the snapshot, zero padding to a multiple
+/// of 512 bytes, then the SHA-256 of all that. The shape follows etcd's snapshot stream (page-
+/// aligned data plus a SHA-256 trailer), which `etcdctl snapshot save` checks for, and a
+/// truncated or altered file is detected on restore.
+pub fn seal_backup(data: Vec<u8>) -> Vec<u8> {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(&data);
-    data.extend_from_slice(&digest);
-    data
+    let mut out = Vec::with_capacity(data.len() + 512 + 32);
+    out.extend_from_slice(BACKUP_MAGIC);
+    out.extend_from_slice(&(data.len() as u64).to_le_bytes());
+    out.extend_from_slice(&data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    let digest = sha2::Sha256::digest(&out);
+    out.extend_from_slice(&digest);
+    out
 }
 
 /// Checks a backup's trailer and returns the snapshot bytes.
 pub fn open_backup(mut file: Vec<u8>) -> Result<Vec<u8>, String> {
     use sha2::Digest;
-    if file.len() < 32 {
-        return Err("backup is too short to be a chainfire snapshot".into());
+    if file.len() < 16 + 32 || (file.len() - 32) % 512 != 0 || !file.starts_with(BACKUP_MAGIC) {
+        return Err("not a chainfire snapshot (wrong size or header)".into());
     }
     let trailer = file.split_off(file.len() - 32);
     if sha2::Sha256::digest(&file).as_slice() != trailer.as_slice() {
         return Err("backup checksum mismatch: the file is truncated or corrupted".into());
     }
+    let len = u64::from_le_bytes(file[8..16].try_into().expect("8 bytes")) as usize;
+    if 16 + len > file.len() {
+        return Err("backup length field is inconsistent".into());
+    }
+    let data = file[16..16 + len].to_vec();
     // Make sure it decodes before anyone builds a cluster from it.
-    postcard::from_bytes::<Persisted>(&file)
+    postcard::from_bytes::<Persisted>(&data)
         .map_err(|e| format!("invalid chainfire snapshot: {e}"))?;
-    Ok(file)
+    Ok(data)
+}
+
+#[cfg(test)]
+mod backup_tests {
+    use super::*;
+
+    #[test]
+    fn backups_round_trip_and_detect_damage() {
+        let state = ChainfireState::new();
+        let sealed = seal_backup(uc_raft::App::snapshot(&state));
+        assert_eq!((sealed.len() - 32) % 512, 0, "etcdctl's hasChecksum rule");
+        let data = open_backup(sealed.clone()).unwrap();
+        assert_eq!(data, uc_raft::App::snapshot(&state));
+        let mut damaged = sealed.clone();
+        damaged[20] ^= 1;
+        assert!(open_backup(damaged).unwrap_err().contains("checksum"));
+        assert!(open_backup(sealed[..sealed.len() - 1].to_vec()).is_err());
+        assert!(open_backup(b"hello".to_vec()).is_err());
+    }
 }
 
 /// The snapshot bytes for seeding a *new* cluster from a backup: same keyspace, cluster id
