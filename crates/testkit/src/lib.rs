@@ -454,6 +454,12 @@ impl Cluster {
         self.root.as_ref().expect("root exists until drop").path()
     }
 
+    /// Spawns a node that is not running without waiting for it to be ready (for members
+    /// that only become ready together, like the founders of a Raft cluster).
+    pub fn spawn_node(&mut self, i: usize) -> io::Result<()> {
+        self.nodes[i].spawn(&self.binary, &self.env)
+    }
+
     /// Starts a node that is not running (first start after [`ClusterBuilder::prepare`]).
     pub async fn start_node(&mut self, i: usize) -> io::Result<()> {
         self.nodes[i].spawn(&self.binary, &self.env)?;

@@ -80,9 +80,16 @@ pub fn etcdctl_with_stdin(
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
-    let mut child = cmd.spawn().expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
+    let mut child = cmd
+        .spawn()
+        .expect("etcdctl is installed (scripts/test.sh installs etcd-client)");
     if let Some(input) = stdin {
-        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
     }
     drop(child.stdin.take());
     child.wait_with_output().unwrap()
@@ -111,7 +118,10 @@ pub fn err(out: Output) -> String {
 
 /// An etcd-client connection to the given members, authenticated as root.
 pub async fn client(cluster: &Cluster, nodes: &[&NodeInfo]) -> etcd_client::Client {
-    let endpoints: Vec<String> = nodes.iter().map(|n| format!("http://{}", client_endpoint(n))).collect();
+    let endpoints: Vec<String> = nodes
+        .iter()
+        .map(|n| format!("http://{}", client_endpoint(n)))
+        .collect();
     etcd_client::Client::connect(
         endpoints,
         Some(
