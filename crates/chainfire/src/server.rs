@@ -91,7 +91,7 @@ pub async fn start(
             dir: ctx.component_dir("chainfire").join("raft"),
             tuning: config.raft.clone(),
             peer_token: ctx.service_token.clone(),
-            peer_ca_file: None,
+            peer_ca_file: ctx.trusted_ca_file().map(ToOwned::to_owned),
         },
         state.clone(),
     )

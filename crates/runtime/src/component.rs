@@ -32,6 +32,14 @@ impl NodeContext {
         SocketAddr::new(self.bind, port)
     }
 
+    /// The CA bundle to trust when calling other nodes (`http.tls.trusted_ca_file`).
+    pub fn trusted_ca_file(&self) -> Option<&std::path::Path> {
+        self.http
+            .tls
+            .as_ref()
+            .and_then(|t| t.trusted_ca_file.as_deref())
+    }
+
     /// `http` or `https`, as the node's listeners serve.
     pub fn scheme(&self) -> &'static str {
         if self.http.tls.is_some() {

@@ -21,6 +21,10 @@ pub struct TlsConfig {
     /// When set, clients must present a certificate signed by one of these PEM CAs.
     #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
+    /// PEM CAs this node trusts (besides the system's) when it calls other nodes over TLS,
+    /// e.g. the CA that signed every node's certificate.
+    #[serde(default)]
+    pub trusted_ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -442,6 +442,7 @@ async fn tls_when_a_certificate_is_configured() {
             cert_file: pki.server_cert.clone(),
             key_file: pki.server_key.clone(),
             client_ca_file: None,
+            trusted_ca_file: None,
         }),
         ..Default::default()
     })
@@ -481,6 +482,7 @@ async fn mutual_tls_requires_a_client_certificate() {
             cert_file: pki.server_cert.clone(),
             key_file: pki.server_key.clone(),
             client_ca_file: Some(pki.ca.clone()),
+            trusted_ca_file: None,
         }),
         ..Default::default()
     })
@@ -516,6 +518,7 @@ async fn world_readable_tls_key_is_refused() {
                 cert_file: pki.server_cert.clone(),
                 key_file: pki.server_key.clone(),
                 client_ca_file: None,
+                trusted_ca_file: None,
             }),
             ..Default::default()
         },
@@ -538,6 +541,7 @@ async fn idle_and_half_open_connections_do_not_hold_up_shutdown() {
             cert_file: pki.server_cert.clone(),
             key_file: pki.server_key.clone(),
             client_ca_file: None,
+            trusted_ca_file: None,
         }),
         ..Default::default()
     })

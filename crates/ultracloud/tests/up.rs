@@ -26,12 +26,16 @@ fn ultracloud() -> Command {
 /// One `ultracloud up` under uc-testkit, with `extra` appended to its config.
 fn up_node(extra: &'static str) -> ClusterBuilder {
     Cluster::builder(1)
-        .ports(&["node"])
+        .ports(&["node", "client", "peer", "admin"])
         .config(move |n, _| {
             format!(
-                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n{extra}",
+                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
+                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n{extra}",
                 n.ip,
-                n.port("node")
+                n.port("node"),
+                n.port("client"),
+                n.port("peer"),
+                n.port("admin"),
             )
         })
         .args(|n| {
@@ -77,6 +81,36 @@ async fn up_serves_health_and_stops_cleanly_on_sigterm() {
     let status: serde_json::Value = r.json().await.unwrap();
     assert_eq!(status["version"], env!("CARGO_PKG_VERSION"));
     assert!(status["uptime_secs"].is_u64());
+    let components = status["components"].to_string();
+    assert!(
+        components.contains(&format!("http://{}", n.addr("client"))),
+        "{components}"
+    );
+
+    // up runs chainfire: the etcd API answers with the admin token.
+    let token = uc_runtime::Secret::new(admin_token(&n));
+    let mut etcd = chainfire::client::Client::connect(&n.url("client"), &token, None)
+        .await
+        .unwrap();
+    use chainfire::etcdpb::etcdserverpb as pb;
+    etcd.kv
+        .put(pb::PutRequest {
+            key: b"hello".to_vec(),
+            value: b"world".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let got = etcd
+        .kv
+        .range(pb::RangeRequest {
+            key: b"hello".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.kvs[0].value, b"world");
 
     // The API description is public and names its paths, auth scheme and error shape.
     let r = http
@@ -402,6 +436,9 @@ fn up_prints_endpoints_as_json_and_honours_env_overrides() {
         .arg(dir.path().join("d"))
         .env("UC_NODE__PORT", port.to_string())
         .env("UC_NODE__NAME", "json-node")
+        .env("UC_CHAINFIRE__CLIENT_PORT", free_port(ip).to_string())
+        .env("UC_CHAINFIRE__PEER_PORT", free_port(ip).to_string())
+        .env("UC_CHAINFIRE__ADMIN_PORT", free_port(ip).to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -473,9 +510,13 @@ async fn tls_from_the_config_file() {
     std::fs::write(
         &config,
         format!(
-            "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+             [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n",
             cert.display(),
-            key.display()
+            key.display(),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
         ),
     )
     .unwrap();
