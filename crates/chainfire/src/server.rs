@@ -37,6 +37,8 @@ pub struct Running {
     pub endpoints: Endpoints,
     pub task: tokio::task::JoinHandle<()>,
     pub core: Arc<Core>,
+    /// Ready while the member knows a leader (what its listeners' `/readyz` report).
+    pub readiness: Readiness,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +207,7 @@ pub async fn start(
         endpoints,
         task,
         core,
+        readiness: readiness[2].clone(),
     })
 }
 

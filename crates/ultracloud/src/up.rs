@@ -34,6 +34,8 @@ struct EndpointRow {
 
 /// A component started by `up` or `serve`: what it listens on, and its task.
 struct Started {
+    name: &'static str,
+    readiness: uc_runtime::http::Readiness,
     endpoints: Vec<Endpoint>,
     /// (component, health URL)
     health: Vec<(String, String)>,
@@ -55,6 +57,8 @@ async fn start_chainfire(
         })?;
     let ep = &running.endpoints;
     Ok(Started {
+        name: "chainfire",
+        readiness: running.readiness.clone(),
         endpoints: vec![
             Endpoint {
                 component: "chainfire (etcd v3 gRPC)".into(),
@@ -157,6 +161,12 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let readiness = node_server.readiness();
     let node_task = tokio::spawn(node_server.serve(shutdown.clone()));
     readiness.set_ready();
+    // The node is ready when every component it runs is.
+    let components: Vec<(&'static str, uc_runtime::http::Readiness)> = started
+        .iter()
+        .map(|s| (s.name, s.readiness.clone()))
+        .collect();
+    tokio::spawn(mirror_readiness(readiness, components, shutdown.clone()));
     tracing::info!(node = %cfg.node.name, "ultracloud is up");
     node_task.await.context("node server task failed")?;
     for s in started {
@@ -165,6 +175,22 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     drop(node_lock);
     tracing::info!("stopped");
     Ok(())
+}
+
+async fn mirror_readiness(
+    node: uc_runtime::http::Readiness,
+    components: Vec<(&'static str, uc_runtime::http::Readiness)>,
+    shutdown: Shutdown,
+) {
+    loop {
+        for (name, r) in &components {
+            node.set(name, r.check().map_err(|reasons| reasons.join("; ")));
+        }
+        tokio::select! {
+            _ = shutdown.wait() => return,
+            _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+        }
+    }
 }
 
 fn context(
