@@ -186,30 +186,70 @@ pub(crate) fn delete_to_pb(
     }
 }
 
+/// A txn response as etcd builds it. Only the top-level header is the server's (`header`, with
+/// the revision after the txn); the responses inside carry what etcd's applier puts there
+/// (`applierV3backend.Txn`/`applyTxn`): a header with only a revision — for a range, the
+/// revision the txn reads at (the pre-txn revision, or the txn's own once it has written); for
+/// a put, the txn's revision; for a delete, the txn's revision if the txn has written by then,
+/// else the pre-txn one — and for a nested txn an empty header (revision 0).
 pub(crate) fn txn_to_pb(r: mvcc::TxnResponse, header: pb::ResponseHeader) -> pb::TxnResponse {
+    let begin = if txn_writes(&r) {
+        header.revision - 1
+    } else {
+        header.revision
+    };
+    let mut written = false;
+    let mut response = nested_txn_to_pb(r, begin, &mut written);
+    response.header = Some(header);
+    response
+}
+
+/// Whether a txn changed the store: a put, or a delete that deleted something (etcd's
+/// `len(txn.Changes()) != 0`).
+fn txn_writes(r: &mvcc::TxnResponse) -> bool {
+    r.responses.iter().any(|op| match op {
+        mvcc::ResponseOp::Range(_) => false,
+        mvcc::ResponseOp::Put(_) => true,
+        mvcc::ResponseOp::DeleteRange(d) => d.deleted > 0,
+        mvcc::ResponseOp::Txn(t) => txn_writes(t),
+    })
+}
+
+/// The responses of a txn executed from revision `begin`; `written` tracks whether an earlier
+/// operation of the (top-level) txn has changed the store.
+fn nested_txn_to_pb(r: mvcc::TxnResponse, begin: i64, written: &mut bool) -> pb::TxnResponse {
+    let at = |revision: i64| pb::ResponseHeader {
+        revision,
+        ..Default::default()
+    };
+    let mut responses = Vec::with_capacity(r.responses.len());
+    for op in r.responses {
+        let response = match op {
+            mvcc::ResponseOp::Range(r) => pb::response_op::Response::ResponseRange(range_to_pb(
+                r,
+                at(begin + i64::from(*written)),
+            )),
+            mvcc::ResponseOp::Put(r) => {
+                *written = true;
+                pb::response_op::Response::ResponsePut(put_to_pb(r, at(begin + 1)))
+            }
+            mvcc::ResponseOp::DeleteRange(r) => {
+                *written |= r.deleted > 0;
+                let revision = begin + i64::from(*written);
+                pb::response_op::Response::ResponseDeleteRange(delete_to_pb(r, at(revision)))
+            }
+            mvcc::ResponseOp::Txn(r) => {
+                pb::response_op::Response::ResponseTxn(nested_txn_to_pb(r, begin, written))
+            }
+        };
+        responses.push(pb::ResponseOp {
+            response: Some(response),
+        });
+    }
     pb::TxnResponse {
-        header: Some(header),
+        header: Some(pb::ResponseHeader::default()),
         succeeded: r.succeeded,
-        responses: r
-            .responses
-            .into_iter()
-            .map(|op| pb::ResponseOp {
-                response: Some(match op {
-                    mvcc::ResponseOp::Range(r) => {
-                        pb::response_op::Response::ResponseRange(range_to_pb(r, header))
-                    }
-                    mvcc::ResponseOp::Put(r) => {
-                        pb::response_op::Response::ResponsePut(put_to_pb(r, header))
-                    }
-                    mvcc::ResponseOp::DeleteRange(r) => {
-                        pb::response_op::Response::ResponseDeleteRange(delete_to_pb(r, header))
-                    }
-                    mvcc::ResponseOp::Txn(r) => {
-                        pb::response_op::Response::ResponseTxn(txn_to_pb(r, header))
-                    }
-                }),
-            })
-            .collect(),
+        responses,
     }
 }
 

@@ -286,8 +286,6 @@ fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
     }
 }
 
-const COMPACTED_REASON: &str = "etcdserver: mvcc: required revision has been compacted";
-
 struct WatchSession {
     core: Arc<Core>,
     out: mpsc::Sender<Result<pb::WatchResponse, Status>>,
@@ -342,12 +340,17 @@ impl WatchSession {
         }
         for (id, compact_revision) in compacted {
             self.watchers.retain(|w| w.id != id);
+            // As etcd (`watchable_store.go` chooseAll + `v3rpc/watch.go` sendLoop): the cancel
+            // carries only the compact revision (clients derive ErrCompacted from it), no
+            // cancel reason, and a header at revision 0.
             let response = pb::WatchResponse {
-                header: Some(header),
+                header: Some(pb::ResponseHeader {
+                    revision: 0,
+                    ..header
+                }),
                 watch_id: id,
                 canceled: true,
                 compact_revision,
-                cancel_reason: COMPACTED_REASON.to_owned(),
                 ..Default::default()
             };
             if !self.send(response).await {
