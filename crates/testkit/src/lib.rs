@@ -25,6 +25,8 @@
 
 #![allow(unsafe_code)] // pre_exec, to tie child lifetimes to the test process
 
+pub mod linearizability;
+
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
