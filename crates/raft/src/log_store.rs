@@ -173,7 +173,21 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) -> Option<Done> {
             };
             return Some(done);
         }
+        let started = std::time::Instant::now();
         let result = commit_batch(db, &batch).map_err(|e| e.to_string());
+        tracing::trace!(
+            jobs = batch.len(),
+            entries = batch
+                .iter()
+                .map(|j| if let Job::Append(e, _) = j {
+                    e.len()
+                } else {
+                    0
+                })
+                .sum::<usize>(),
+            micros = started.elapsed().as_micros() as u64,
+            "raft log commit"
+        );
         if let Err(e) = &result {
             tracing::error!(error = %e, "raft log commit failed");
         }

@@ -104,6 +104,8 @@ pub struct RaftStatus {
     pub purged_index: u64,
 }
 
+type Reply<T> = tokio::sync::oneshot::Sender<Result<T, ForwardError>>;
+
 struct Inner<A: App> {
     id: NodeId,
     group: String,
@@ -111,6 +113,89 @@ struct Inner<A: App> {
     peers: PeerHttp,
     timeout: Duration,
     log: LogStore<A>,
+    /// Writes waiting to be proposed together (see [`run_write_batcher`]).
+    writes: tokio::sync::mpsc::UnboundedSender<(A::Request, Reply<A::Response>)>,
+    /// Reads waiting for a read index (see [`run_read_index_batcher`]).
+    read_indexes: tokio::sync::mpsc::UnboundedSender<Reply<u64>>,
+}
+
+/// Most requests in one log entry.
+const MAX_BATCH: usize = 1024;
+/// Batches proposed at once: one being flushed locally while the previous is replicated.
+const BATCHES_IN_FLIGHT: usize = 2;
+
+/// Proposes writes in batches: whatever arrived while earlier batches were in flight becomes
+/// the next log entry. Under load an entry carries many requests; a lone write goes out at
+/// once.
+async fn run_write_batcher<A: App>(
+    inner: std::sync::Weak<Inner<A>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<(A::Request, Reply<A::Response>)>,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(BATCHES_IN_FLIGHT));
+    while let Some(first) = rx.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(item) => batch.push(item),
+                Err(_) => break,
+            }
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        tokio::spawn(async move {
+            let (requests, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+            let count = requests.len();
+            match inner.propose_batch(requests).await {
+                Ok(responses) if responses.len() == count => {
+                    for (reply, response) in replies.into_iter().zip(responses) {
+                        let _ = reply.send(Ok(response));
+                    }
+                }
+                Ok(responses) => {
+                    let e = ForwardError::Failed(format!(
+                        "state machine answered {} of {count} requests",
+                        responses.len()
+                    ));
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+                Err(e) => {
+                    for reply in replies {
+                        let _ = reply.send(Err(e.clone()));
+                    }
+                }
+            }
+            drop(permit);
+        });
+    }
+}
+
+/// Serves read-index requests in rounds: every request waiting when a round starts is answered
+/// by that round (its index is at least what each of them needs, since the round began after
+/// they arrived); requests arriving during a round wait for the next. One leadership check
+/// (and, on a follower, one call to the leader) serves many reads.
+async fn run_read_index_batcher<A: App>(
+    inner: std::sync::Weak<Inner<A>>,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<Reply<u64>>,
+) {
+    while let Some(first) = rx.recv().await {
+        let mut waiting = vec![first];
+        while let Ok(more) = rx.try_recv() {
+            waiting.push(more);
+        }
+        let Some(inner) = inner.upgrade() else {
+            return;
+        };
+        let result = inner.read_index_round().await;
+        for reply in waiting {
+            let _ = reply.send(result.clone());
+        }
+    }
 }
 
 /// One member of a Raft group. Cheap to clone.
@@ -169,16 +254,21 @@ impl<A: App> RaftNode<A> {
             }
         });
 
-        Ok(Self {
-            inner: Arc::new(Inner {
-                id: config.id,
-                group: config.group,
-                raft,
-                peers,
-                timeout: Duration::from_millis(t.request_timeout_ms),
-                log,
-            }),
-        })
+        let (writes, write_rx) = tokio::sync::mpsc::unbounded_channel();
+        let (read_indexes, read_rx) = tokio::sync::mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            id: config.id,
+            group: config.group,
+            raft,
+            peers,
+            timeout: Duration::from_millis(t.request_timeout_ms),
+            log,
+            writes,
+            read_indexes,
+        });
+        tokio::spawn(run_write_batcher(Arc::downgrade(&inner), write_rx));
+        tokio::spawn(run_read_index_batcher(Arc::downgrade(&inner), read_rx));
+        Ok(Self { inner })
     }
 
     pub fn id(&self) -> NodeId {
@@ -261,44 +351,21 @@ impl<A: App> RaftNode<A> {
         let deadline = Instant::now() + self.inner.timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let index = match self.inner.local_read_index(remaining).await {
-                Ok(index) => Some(index),
-                Err(ForwardError::NotLeader { leader }) => match leader
-                    .filter(|(id, _)| *id != self.inner.id)
-                {
-                    Some((_, node)) => {
-                        let answer: Result<Result<u64, ForwardError>, CallError> = self
-                            .inner
-                            .peers
-                            .call(
-                                &node.peer_url,
-                                READ_INDEX,
-                                &(),
-                                remaining.max(Duration::from_millis(100)),
-                            )
-                            .await;
-                        match answer {
-                            Ok(Ok(index)) => Some(index),
-                            Ok(Err(ForwardError::Failed(m))) => return Err(WriteError::Failed(m)),
-                            // Reads may always be retried.
-                            _ => None,
-                        }
-                    }
-                    None => None,
-                },
-                Err(ForwardError::Unknown(_)) => None,
+            match self.inner.read_index(remaining).await {
+                Ok(index) => {
+                    let remaining = deadline.saturating_duration_since(Instant::now());
+                    return self
+                        .inner
+                        .raft
+                        .wait(Some(remaining.max(Duration::from_millis(1))))
+                        .applied_index_at_least(Some(index), "read barrier")
+                        .await
+                        .map(|_| ())
+                        .map_err(|_| WriteError::NoLeader);
+                }
                 Err(ForwardError::Failed(m)) => return Err(WriteError::Failed(m)),
-            };
-            if let Some(index) = index {
-                let remaining = deadline.saturating_duration_since(Instant::now());
-                return self
-                    .inner
-                    .raft
-                    .wait(Some(remaining.max(Duration::from_millis(1))))
-                    .applied_index_at_least(Some(index), "read barrier")
-                    .await
-                    .map(|_| ())
-                    .map_err(|_| WriteError::NoLeader);
+                // No leader yet, or it changed: reads may always be retried.
+                Err(_) => {}
             }
             if Instant::now() >= deadline {
                 return Err(WriteError::NoLeader);
@@ -475,13 +542,30 @@ impl<A: App> Inner<A> {
         self.raft.metrics().borrow().state == ServerState::Leader
     }
 
+    /// A write through this node's batcher (which answers NotLeader when it does not lead).
     async fn local_write(
         &self,
         request: A::Request,
         timeout: Duration,
     ) -> Result<A::Response, ForwardError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.writes
+            .send((request, tx))
+            .map_err(|_| ForwardError::Failed("raft node is shutting down".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(ForwardError::Unknown("timed out waiting for commit".into())),
+            Ok(Err(_)) => Err(ForwardError::Unknown("raft node stopped mid-write".into())),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// Replicates one batch as one log entry.
+    async fn propose_batch(
+        &self,
+        requests: Vec<A::Request>,
+    ) -> Result<Vec<A::Response>, ForwardError> {
         let was_leader = self.believes_leader();
-        match tokio::time::timeout(timeout, self.raft.client_write(request)).await {
+        match tokio::time::timeout(self.timeout, self.raft.client_write(requests)).await {
             Err(_) => Err(ForwardError::Unknown("timed out waiting for commit".into())),
             Ok(Ok(response)) => Ok(response.data),
             // Rejected on entry: nothing was appended, so the caller may retry elsewhere.
@@ -494,6 +578,41 @@ impl<A: App> Inner<A> {
                 ForwardError::Unknown("leadership changed while the write was in flight".into()),
             ),
             Ok(Err(e)) => Err(ForwardError::Failed(e.to_string())),
+        }
+    }
+
+    /// A read index for a read that starts now, through the round-based batcher.
+    async fn read_index(&self, timeout: Duration) -> Result<u64, ForwardError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.read_indexes
+            .send(tx)
+            .map_err(|_| ForwardError::Failed("raft node is shutting down".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(ForwardError::Unknown(
+                "timed out waiting for a read index".into(),
+            )),
+            Ok(Err(_)) => Err(ForwardError::Unknown("raft node stopped".into())),
+            Ok(Ok(result)) => result,
+        }
+    }
+
+    /// One round: the leader confirms its leadership; a follower asks the leader.
+    async fn read_index_round(&self) -> Result<u64, ForwardError> {
+        match self.local_read_index(self.timeout).await {
+            Err(ForwardError::NotLeader { leader }) => {
+                let Some((_, node)) = leader.filter(|(id, _)| *id != self.id) else {
+                    return Err(ForwardError::NotLeader { leader: None });
+                };
+                let answer: Result<Result<u64, ForwardError>, CallError> = self
+                    .peers
+                    .call(&node.peer_url, READ_INDEX, &(), self.timeout)
+                    .await;
+                match answer {
+                    Ok(result) => result,
+                    Err(e) => Err(ForwardError::Unknown(e.to_string())),
+                }
+            }
+            other => other,
         }
     }
 
@@ -644,7 +763,13 @@ impl<A: App> PeerHandler<A> for Inner<A> {
     }
 
     async fn read_index(&self) -> Result<u64, ForwardError> {
-        self.local_read_index(self.timeout).await
+        // Only the leader answers (no forwarding chains); concurrent askers share rounds.
+        if !self.believes_leader() {
+            return Err(ForwardError::NotLeader {
+                leader: self.leader_hint(),
+            });
+        }
+        Inner::read_index(self, self.timeout).await
     }
 
     async fn admin(&self, op: AdminOp) -> Result<(), ForwardError> {

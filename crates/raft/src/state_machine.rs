@@ -21,7 +21,7 @@ use crate::types::{NodeId, PeerNode, TypeConfig};
 /// that matches the applied log id exactly.
 pub trait App: Send + Sync + 'static {
     type Request: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
-    type Response: Clone + Debug + Default + Serialize + DeserializeOwned + Send + Sync + 'static;
+    type Response: Clone + Debug + Serialize + DeserializeOwned + Send + Sync + 'static;
 
     /// Applies one committed request. Must be deterministic: every replica applies the same
     /// requests in the same order and must end in the same state.
@@ -176,7 +176,7 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
         Ok((state.last_applied, state.membership.clone()))
     }
 
-    async fn apply<I>(&mut self, entries: I) -> Result<Vec<A::Response>, StorageError<NodeId>>
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<Vec<A::Response>>, StorageError<NodeId>>
     where
         I: IntoIterator<Item = openraft::Entry<TypeConfig<A>>> + openraft::OptionalSend,
         I::IntoIter: openraft::OptionalSend,
@@ -187,13 +187,14 @@ impl<A: App> RaftStateMachine<TypeConfig<A>> for StateMachineStore<A> {
             for entry in entries {
                 state.last_applied = Some(entry.log_id);
                 let response = match entry.payload {
-                    EntryPayload::Blank => A::Response::default(),
-                    EntryPayload::Normal(ref request) => {
-                        self.shared.app.apply(entry.log_id.index, request)
-                    }
+                    EntryPayload::Blank => Vec::new(),
+                    EntryPayload::Normal(ref batch) => batch
+                        .iter()
+                        .map(|request| self.shared.app.apply(entry.log_id.index, request))
+                        .collect(),
                     EntryPayload::Membership(membership) => {
                         state.membership = StoredMembership::new(Some(entry.log_id), membership);
-                        A::Response::default()
+                        Vec::new()
                     }
                 };
                 responses.push(response);

@@ -68,8 +68,11 @@ impl<A> fmt::Debug for TypeConfig<A> {
 }
 
 impl<A: App> openraft::RaftTypeConfig for TypeConfig<A> {
-    type D = A::Request;
-    type R = A::Response;
+    // One log entry carries a batch of requests: concurrent writes share an entry, so they
+    // share its fsync and replication round (group commit on top of openraft, which flushes
+    // each append before the next).
+    type D = Vec<A::Request>;
+    type R = Vec<A::Response>;
     type NodeId = NodeId;
     type Node = PeerNode;
     type Entry = openraft::Entry<Self>;
