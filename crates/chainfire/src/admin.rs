@@ -8,13 +8,12 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
-use uc_raft::{PeerNode, RaftStatus};
+use uc_raft::RaftStatus;
 use uc_runtime::http::{HttpServer, Json};
 use uc_runtime::{ApiError, NodeContext};
 use utoipa::{OpenApi, ToSchema};
 
-use crate::config::member_id;
-use crate::grpc::Core;
+use crate::grpc::{AddMemberError, Core};
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct StatusView {
@@ -126,38 +125,18 @@ async fn add_member(
     State(core): State<Arc<Core>>,
     Json(req): Json<AddMember>,
 ) -> Result<Response, ApiError> {
-    let url = req.peer_url.trim_end_matches('/').to_owned();
-    let valid = (url.starts_with("http://") || url.starts_with("https://"))
-        && url
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok());
-    if !valid {
-        return Err(ApiError::invalid_argument(format!(
-            "`{url}` is not http(s)://host:port"
-        )));
-    }
-    let id = member_id(&url);
-    if core
-        .node
-        .membership()
-        .members
-        .iter()
-        .any(|m| m.id == id || m.node.peer_url == url)
-    {
-        return Err(ApiError::conflict(format!(
-            "a member with peer URL {url} exists"
-        )));
-    }
-    let node = PeerNode {
-        name: String::new(),
-        peer_url: url.clone(),
-        client_urls: Vec::new(),
-        ..Default::default()
-    };
-    core.node
-        .add_member(id, node, !req.learner)
+    let (id, url) = core
+        .add_member(&req.peer_url, req.learner)
         .await
-        .map_err(write_error)?;
+        .map_err(|e| match e {
+            AddMemberError::BadUrl => {
+                ApiError::invalid_argument(format!("`{}` is not http(s)://host:port", req.peer_url))
+            }
+            AddMemberError::UrlExists | AddMemberError::IdExists => {
+                ApiError::conflict(format!("a member with peer URL {} exists", req.peer_url))
+            }
+            AddMemberError::Raft(e) => write_error(e),
+        })?;
     let view = MemberView {
         id: hex(id),
         name: String::new(),

@@ -271,18 +271,7 @@ impl Watcher {
             mvcc::EventKind::Put => self.no_put,
             mvcc::EventKind::Delete => self.no_delete,
         };
-        !filtered && in_range(&event.kv.key, &self.key, &self.range_end)
-    }
-}
-
-/// etcd range semantics: empty end = one key; `\0` = from key to the end.
-fn in_range(key: &[u8], start: &[u8], end: &[u8]) -> bool {
-    if end.is_empty() {
-        key == start
-    } else if end == [0] {
-        key >= start
-    } else {
-        key >= start && key < end
+        !filtered && mvcc::key_in_range(&event.kv.key, &self.key, &self.range_end)
     }
 }
 
@@ -686,21 +675,50 @@ impl pb::lease_server::Lease for Services {
     }
 }
 
-fn check_peer_urls(urls: &[String]) -> Result<String, Status> {
-    let bad = || etcd_error(Code::InvalidArgument, "given member URLs are invalid");
-    let url = urls.first().ok_or_else(bad)?;
+/// A peer URL as members advertise it: `http(s)://host:port`, without a trailing slash.
+pub(crate) fn parse_peer_url(url: &str) -> Option<String> {
+    let url = url.trim_end_matches('/');
     let rest = url
         .strip_prefix("http://")
-        .or_else(|| url.strip_prefix("https://"))
-        .ok_or_else(bad)?;
-    let (host, port) = rest
-        .trim_end_matches('/')
-        .rsplit_once(':')
-        .ok_or_else(bad)?;
-    if host.is_empty() || port.parse::<u16>().is_err() {
-        return Err(bad());
+        .or_else(|| url.strip_prefix("https://"))?;
+    let (host, port) = rest.rsplit_once(':')?;
+    (!host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok()).then(|| url.to_owned())
+}
+
+/// Why a member could not be added.
+pub(crate) enum AddMemberError {
+    BadUrl,
+    UrlExists,
+    IdExists,
+    Raft(WriteError),
+}
+
+impl Core {
+    /// Adds the member that will advertise `peer_url`; returns its id and the normalized URL.
+    pub(crate) async fn add_member(
+        &self,
+        peer_url: &str,
+        learner: bool,
+    ) -> Result<(u64, String), AddMemberError> {
+        let peer_url = parse_peer_url(peer_url).ok_or(AddMemberError::BadUrl)?;
+        let id = member_id(&peer_url);
+        let members = self.node.membership().members;
+        if members.iter().any(|m| m.node.peer_url == peer_url) {
+            return Err(AddMemberError::UrlExists);
+        }
+        if members.iter().any(|m| m.id == id) {
+            return Err(AddMemberError::IdExists);
+        }
+        let node = PeerNode {
+            peer_url: peer_url.clone(),
+            ..Default::default()
+        };
+        self.node
+            .add_member(id, node, !learner)
+            .await
+            .map_err(AddMemberError::Raft)?;
+        Ok((id, peer_url))
     }
-    Ok(url.trim_end_matches('/').to_owned())
 }
 
 fn member_error(e: WriteError) -> Status {
@@ -725,35 +743,26 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::MemberAddResponse>, Status> {
         let core = &self.0;
         let req = request.into_inner();
-        let peer_url = check_peer_urls(&req.peer_ur_ls)?;
-        let id = member_id(&peer_url);
-        let membership = core.node.membership();
-        if membership
-            .members
-            .iter()
-            .any(|m| m.node.peer_url == peer_url)
-        {
-            return Err(etcd_error(
-                Code::FailedPrecondition,
-                "Peer URLs already exists",
-            ));
-        }
-        if membership.members.iter().any(|m| m.id == id) {
-            return Err(etcd_error(
-                Code::FailedPrecondition,
-                "member ID already exist",
-            ));
-        }
-        let node = PeerNode {
-            name: String::new(),
-            peer_url: peer_url.clone(),
-            client_urls: Vec::new(),
-            ..Default::default()
-        };
-        core.node
-            .add_member(id, node, !req.is_learner)
+        let url = req
+            .peer_ur_ls
+            .first()
+            .map(String::as_str)
+            .unwrap_or_default();
+        let (id, peer_url) = core
+            .add_member(url, req.is_learner)
             .await
-            .map_err(member_error)?;
+            .map_err(|e| match e {
+                AddMemberError::BadUrl => {
+                    etcd_error(Code::InvalidArgument, "given member URLs are invalid")
+                }
+                AddMemberError::UrlExists => {
+                    etcd_error(Code::FailedPrecondition, "Peer URLs already exists")
+                }
+                AddMemberError::IdExists => {
+                    etcd_error(Code::FailedPrecondition, "member ID already exist")
+                }
+                AddMemberError::Raft(e) => member_error(e),
+            })?;
         Ok(Response::new(pb::MemberAddResponse {
             header: Some(core.current_header()),
             member: Some(pb::Member {
@@ -789,7 +798,11 @@ impl pb::cluster_server::Cluster for Services {
     ) -> Result<Response<pb::MemberUpdateResponse>, Status> {
         let core = &self.0;
         let req = request.into_inner();
-        let peer_url = check_peer_urls(&req.peer_ur_ls)?;
+        let peer_url = req
+            .peer_ur_ls
+            .first()
+            .and_then(|u| parse_peer_url(u))
+            .ok_or_else(|| etcd_error(Code::InvalidArgument, "given member URLs are invalid"))?;
         let Some(current) = core
             .node
             .membership()

@@ -27,7 +27,7 @@ mod validate;
 #[cfg(test)]
 mod tests;
 
-pub use store::{MAX_LEASE_TTL, Store};
+pub use store::{MAX_LEASE_TTL, Store, key_in_range};
 pub use types::{
     Command, CommandResult, Compare, CompareResult, CompareTarget, DeleteRangeRequest,
     DeleteRangeResponse, Event, EventKind, KeyValue, Lease, MvccError, PutRequest, PutResponse,

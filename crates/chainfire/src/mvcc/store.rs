@@ -100,6 +100,12 @@ impl<'a> KeyRange<'a> {
     }
 }
 
+/// Whether `key` lies in etcd's range `[start, range_end)` (empty end: just `start`; `\0`:
+/// every key from `start`). Watchers filter events with the same rule ranges use.
+pub fn key_in_range(key: &[u8], start: &[u8], range_end: &[u8]) -> bool {
+    KeyRange::new(start, range_end).contains(key)
+}
+
 /// The newest retained revision of a key at or before `at` (tombstone or not).
 fn latest_at(revs: &[IdxRev], at: i64) -> Option<IdxRev> {
     let n = revs.partition_point(|r| r.main <= at);
