@@ -164,7 +164,10 @@ pub fn seal_backup(data: Vec<u8>) -> Vec<u8> {
 /// Checks a backup's trailer and returns the snapshot bytes.
 pub fn open_backup(mut file: Vec<u8>) -> Result<Vec<u8>, String> {
     use sha2::Digest;
-    if file.len() < 16 + 32 || (file.len() - 32) % 512 != 0 || !file.starts_with(BACKUP_MAGIC) {
+    if file.len() < 16 + 32
+        || !(file.len() - 32).is_multiple_of(512)
+        || !file.starts_with(BACKUP_MAGIC)
+    {
         return Err("not a chainfire snapshot (wrong size or header)".into());
     }
     let trailer = file.split_off(file.len() - 32);
@@ -180,6 +183,24 @@ pub fn open_backup(mut file: Vec<u8>) -> Result<Vec<u8>, String> {
     postcard::from_bytes::<Persisted>(&data)
         .map_err(|e| format!("invalid chainfire snapshot: {e}"))?;
     Ok(data)
+}
+
+/// The snapshot bytes for seeding a *new* cluster from a backup: same keyspace, cluster id
+/// cleared so the new cluster's first leader assigns its own.
+pub fn for_new_cluster(snapshot: &[u8]) -> Result<Vec<u8>, String> {
+    let mut p: Persisted = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    p.cluster_id = 0;
+    postcard::to_stdvec(&p).map_err(|e| e.to_string())
+}
+
+/// Summary of a backup, for `snapshot status`-like output.
+pub fn backup_summary(snapshot: &[u8]) -> Result<(u64, i64, usize), String> {
+    let p: Persisted = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    Ok((
+        p.cluster_id,
+        p.store.current_revision(),
+        p.store.key_count(),
+    ))
 }
 
 #[cfg(test)]
@@ -199,22 +220,4 @@ mod backup_tests {
         assert!(open_backup(sealed[..sealed.len() - 1].to_vec()).is_err());
         assert!(open_backup(b"hello".to_vec()).is_err());
     }
-}
-
-/// The snapshot bytes for seeding a *new* cluster from a backup: same keyspace, cluster id
-/// cleared so the new cluster's first leader assigns its own.
-pub fn for_new_cluster(snapshot: &[u8]) -> Result<Vec<u8>, String> {
-    let mut p: Persisted = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
-    p.cluster_id = 0;
-    postcard::to_stdvec(&p).map_err(|e| e.to_string())
-}
-
-/// Summary of a backup, for `snapshot status`-like output.
-pub fn backup_summary(snapshot: &[u8]) -> Result<(u64, i64, usize), String> {
-    let p: Persisted = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
-    Ok((
-        p.cluster_id,
-        p.store.current_revision(),
-        p.store.key_count(),
-    ))
 }
