@@ -54,6 +54,8 @@ if [[ $SKIP_BUILD != 1 ]]; then
     log "building (release)"
     cargo build --release -p ultracloud -p uc-bench-loadgen
 fi
+# What was built (read right after the build: the tree may change during the run).
+source_desc="$(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" status --porcelain -- crates 2>/dev/null | grep -q . && echo " + uncommitted changes in crates/" || true)"
 ultracloud=$repo/target/release/ultracloud
 loadgen=$repo/target/release/uc-bench-loadgen
 [[ -x $ultracloud && -x $loadgen ]] || die "release binaries missing (run without SKIP_BUILD=1)"
@@ -302,7 +304,7 @@ done
     echo "chainfire vs etcd — $(date -u +%Y-%m-%dT%H:%M:%SZ), $(nproc) cores, $(uname -r)"
     echo "etcd: $("$ETCD_BIN" --version | head -n 1) (auth $([[ $ETCD_AUTH == 1 ]] && echo on || echo off)); chainfire: ultracloud $("$ultracloud" version 2>/dev/null | awk '$1 == "version" {print $2}') (release build)"
     echo "measured ${DURATION}s per row after ${WARMUP}s warm-up; data on $fstype ($BENCH_TMPDIR); fsync on for both"
-    echo "source: $(git -C "$repo" rev-parse --short HEAD 2>/dev/null || echo unknown)$(git -C "$repo" status --porcelain -- crates 2>/dev/null | grep -q . && echo " + uncommitted changes in crates/")"
+    echo "source: $source_desc"
     echo "load average at start: $load_start; at end: $(cut -d' ' -f1-3 /proc/loadavg)"
     echo
     "$loadgen" report "$results"

@@ -115,11 +115,13 @@ pub async fn start(
 
     let bind_err = |e: uc_runtime::http::ServeError| StartError::Runtime(e.to_string());
     let peer = HttpServer::new("chainfire-peer", ctx.http.clone(), ctx.auth.clone())
+        .quiet_access_log()
         .api(node.peer_routes().merge(lease_routes(core.clone())))
         .bind(ctx.listen(config.peer_port))
         .await
         .map_err(bind_err)?;
     let client = HttpServer::new("chainfire", ctx.http.clone(), ctx.auth.clone())
+        .quiet_access_log()
         .public(grpc_router(core.clone(), ctx.auth.clone()))
         .bind(ctx.listen(config.client_port))
         .await

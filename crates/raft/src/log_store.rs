@@ -152,39 +152,47 @@ impl<A: App> LogStore<A> {
     }
 }
 
+impl Job {
+    /// Whether someone waits for this job to be durable. Jobs nobody waits for (the
+    /// committed index, purges) ride along with the next commit that fsyncs anyway, instead
+    /// of costing a commit of their own.
+    fn needs_sync(&self) -> bool {
+        matches!(
+            self,
+            Job::Append(..) | Job::Truncate(..) | Job::Meta(_, _, Some(_)) | Job::Stop(_)
+        )
+    }
+}
+
 /// Runs until every sender is gone or a `Stop` arrives (whose confirmation it returns).
 fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) -> Option<Done> {
+    let mut lazy: Vec<Job> = Vec::new();
     while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
+        // Earlier lazy jobs first: the order of jobs is the order of the calls.
+        let mut batch = std::mem::take(&mut lazy);
         let mut stop = None;
-        while batch.len() < 4096 {
-            match rx.try_recv() {
-                Ok(Job::Stop(done)) => {
+        let mut next = Some(first);
+        while let Some(job) = next.take() {
+            match job {
+                Job::Stop(done) => {
                     stop = Some(done);
                     break;
                 }
-                Ok(job) => batch.push(job),
-                Err(_) => break,
+                job => batch.push(job),
             }
+            if batch.len() >= 4096 {
+                break;
+            }
+            next = rx.try_recv().ok();
         }
-        if let Job::Stop(_) = &batch[0] {
-            let Some(Job::Stop(done)) = batch.pop() else {
-                unreachable!()
-            };
-            return Some(done);
+        if stop.is_none() && !batch.iter().any(Job::needs_sync) {
+            lazy = batch;
+            continue;
         }
         let started = std::time::Instant::now();
         let result = commit_batch(db, &batch).map_err(|e| e.to_string());
         tracing::trace!(
             jobs = batch.len(),
-            entries = batch
-                .iter()
-                .map(|j| if let Job::Append(e, _) = j {
-                    e.len()
-                } else {
-                    0
-                })
-                .sum::<usize>(),
             micros = started.elapsed().as_micros() as u64,
             "raft log commit"
         );
@@ -201,6 +209,9 @@ fn writer_loop(db: &Database, rx: mpsc::Receiver<Job>) -> Option<Done> {
         if stop.is_some() {
             return stop;
         }
+    }
+    if !lazy.is_empty() {
+        let _ = commit_batch(db, &lazy);
     }
     None
 }

@@ -17,6 +17,9 @@ use crate::metrics;
 
 pub(crate) struct Context {
     pub component: &'static str,
+    /// Successful requests logged at info (management APIs) or only at debug (high-rate
+    /// protocol listeners such as gRPC data planes and Raft peers). Errors are always info.
+    pub log_successes: bool,
 }
 
 pub(crate) async fn request_context(
@@ -61,7 +64,9 @@ pub(crate) async fn request_context(
     );
     let _guard = span.enter();
     let ms = elapsed.as_secs_f64() * 1000.0;
-    if matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics") {
+    let routine = matches!(route.as_str(), "/healthz" | "/readyz" | "/metrics")
+        || (!ctx.log_successes && !status.is_client_error() && !status.is_server_error());
+    if routine {
         tracing::debug!(status = status.as_u16(), ms, "request");
     } else {
         tracing::info!(status = status.as_u16(), ms, "request");

@@ -81,6 +81,7 @@ pub struct HttpServer {
     api: Router,
     public: Router,
     openapi: Option<utoipa::openapi::OpenApi>,
+    log_successes: bool,
 }
 
 impl HttpServer {
@@ -94,7 +95,16 @@ impl HttpServer {
             api: Router::new(),
             public: Router::new(),
             openapi: None,
+            log_successes: true,
         }
+    }
+
+    /// Logs successful requests at debug instead of info: for high-rate protocol listeners
+    /// (a gRPC data plane, Raft between peers) where a line per call would drown the log.
+    /// Failed requests are still logged at info.
+    pub fn quiet_access_log(mut self) -> Self {
+        self.log_successes = false;
+        self
     }
 
     /// The API's OpenAPI description, served (without a token, like any published API
@@ -171,6 +181,7 @@ impl HttpServer {
             .layer(from_fn_with_state(
                 Arc::new(Context {
                     component: self.component,
+                    log_successes: self.log_successes,
                 }),
                 request_context,
             ))
