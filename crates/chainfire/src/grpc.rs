@@ -61,7 +61,7 @@ impl Core {
             cluster_id: self.state.cluster_id(),
             member_id: self.member_id,
             revision,
-            raft_term: self.node.status().term,
+            raft_term: self.node.term(),
         }
     }
 

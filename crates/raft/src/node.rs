@@ -513,6 +513,11 @@ impl<A: App> RaftNode<A> {
         }
     }
 
+    /// The current term (cheap: no allocation, unlike [`RaftNode::status`]).
+    pub fn term(&self) -> u64 {
+        self.inner.raft.metrics().borrow().current_term
+    }
+
     pub fn is_leader(&self) -> bool {
         self.inner.raft.metrics().borrow().state == ServerState::Leader
     }
