@@ -1,0 +1,7 @@
+//! flaredb: the replicated SQL/KV metadata store. Namespaces are Raft groups (uc-raft) with an
+//! in-memory SQLite state machine, reachable over REST and the PostgreSQL wire protocol.
+
+pub mod backend;
+pub mod sql;
+
+pub use backend::{LocalBackend, ScramSecret, SqlBackend};
