@@ -62,32 +62,13 @@ impl Default for ChainfireConfig {
     }
 }
 
-/// A member's id: FNV-1a of its advertised peer URL, so the cluster (at `member add`) and the
-/// new member (from its own config) agree on it without talking. Never 0.
+/// A member's id: derived from its advertised peer URL (see [`uc_raft::node_id_from_url`]),
+/// so the cluster (at `member add`) and the new member (from its own config) agree on it.
 pub fn member_id(peer_url: &str) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for byte in peer_url.trim_end_matches('/').bytes() {
-        hash ^= u64::from(byte);
-        hash = hash.wrapping_mul(0x0100_0000_01b3);
-    }
-    hash.max(1)
+    uc_raft::node_id_from_url(peer_url)
 }
 
-/// Parses `name=url` entries.
-pub fn parse_initial_cluster(entries: &[String]) -> Result<Vec<(String, String)>, String> {
-    entries
-        .iter()
-        .map(|entry| {
-            let (name, url) = entry
-                .split_once('=')
-                .ok_or_else(|| format!("`{entry}` is not name=url"))?;
-            if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
-                return Err(format!("`{entry}` is not name=http(s)://host:port"));
-            }
-            Ok((name.to_owned(), url.trim_end_matches('/').to_owned()))
-        })
-        .collect()
-}
+pub use uc_raft::parse_initial_cluster;
 
 #[cfg(test)]
 mod tests {

@@ -23,4 +23,4 @@ pub use node::{
 };
 pub use openraft;
 pub use state_machine::{App, seed_from_snapshot};
-pub use types::{NodeId, PeerNode, TypeConfig};
+pub use types::{NodeId, PeerNode, TypeConfig, node_id_from_url, parse_initial_cluster};

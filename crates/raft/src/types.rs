@@ -10,6 +10,33 @@ use crate::state_machine::App;
 
 pub type NodeId = u64;
 
+/// Parses etcd-style `name=http(s)://host:port` member lists (URLs without a trailing slash).
+pub fn parse_initial_cluster(entries: &[String]) -> Result<Vec<(String, String)>, String> {
+    entries
+        .iter()
+        .map(|entry| {
+            let (name, url) = entry
+                .split_once('=')
+                .ok_or_else(|| format!("`{entry}` is not name=url"))?;
+            if name.is_empty() || !(url.starts_with("http://") || url.starts_with("https://")) {
+                return Err(format!("`{entry}` is not name=http(s)://host:port"));
+            }
+            Ok((name.to_owned(), url.trim_end_matches('/').to_owned()))
+        })
+        .collect()
+}
+
+/// A member id derived from its advertised peer URL (FNV-1a), so a cluster adding a member and
+/// the member itself agree on the id without talking. Never 0.
+pub fn node_id_from_url(peer_url: &str) -> NodeId {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in peer_url.trim_end_matches('/').bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0100_0000_01b3);
+    }
+    hash.max(1)
+}
+
 /// What the cluster knows about a member: its name and where to reach it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PeerNode {

@@ -194,6 +194,27 @@ impl ApiClient {
         .await
     }
 
+    /// Raw bytes from a GET (backups, images); retried like any GET.
+    pub async fn get_bytes(&self, path: &str) -> Result<Vec<u8>, ClientError> {
+        self.call_raw(Method::GET, path, None, None, Repeat::Idempotent)
+            .await
+            .map(|(_, bytes)| bytes)
+    }
+
+    /// A POST of raw bytes (`application/octet-stream`) with a JSON answer; sent once.
+    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
+        let (target, bytes) = self
+            .call_raw(
+                Method::POST,
+                path,
+                Some((body, "application/octet-stream")),
+                None,
+                Repeat::ConnectOnly,
+            )
+            .await?;
+        decode_json(&target, &bytes)
+    }
+
     async fn call<T: DeserializeOwned>(
         &self,
         method: Method,
@@ -202,6 +223,27 @@ impl ApiClient {
         idempotency_key: Option<&str>,
         repeat: Repeat,
     ) -> Result<T, ClientError> {
+        let (target, bytes) = self
+            .call_raw(
+                method,
+                path,
+                body.map(|b| (b, "application/json")),
+                idempotency_key,
+                repeat,
+            )
+            .await?;
+        decode_json(&target, &bytes)
+    }
+
+    /// One call with retries; on success the "METHOD URL" and the body.
+    async fn call_raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(Vec<u8>, &'static str)>,
+        idempotency_key: Option<&str>,
+        repeat: Repeat,
+    ) -> Result<(String, Vec<u8>), ClientError> {
         let url = self
             .base
             .join(path.trim_start_matches('/'))
@@ -224,9 +266,9 @@ impl ApiClient {
             if let Some(key) = idempotency_key {
                 req = req.header("idempotency-key", key);
             }
-            if let Some(body) = &body {
+            if let Some((body, content_type)) = &body {
                 req = req
-                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .header(reqwest::header::CONTENT_TYPE, *content_type)
                     .body(body.clone());
             }
 
@@ -268,11 +310,7 @@ impl ApiClient {
                     message,
                 }),
                 Ok((status, bytes, _)) if status.is_success() => {
-                    let bytes: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-                    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
-                        target: format!("{method} {url}"),
-                        message: e.to_string(),
-                    })
+                    Ok((format!("{method} {url}"), bytes.to_vec()))
                 }
                 Ok((status, bytes, _)) => Err(api_error(method, url, status, &bytes, &request_id)),
             };
@@ -289,6 +327,14 @@ impl ApiClient {
         let nanos = window.as_nanos().max(1) as u64;
         Duration::from_nanos(rand::random_range(nanos / 2..=nanos))
     }
+}
+
+fn decode_json<T: DeserializeOwned>(target: &str, bytes: &[u8]) -> Result<T, ClientError> {
+    let bytes: &[u8] = if bytes.is_empty() { b"null" } else { bytes };
+    serde_json::from_slice(bytes).map_err(|e| ClientError::Decode {
+        target: target.to_owned(),
+        message: e.to_string(),
+    })
 }
 
 fn encode<B: Serialize>(body: &B) -> Result<Vec<u8>, ClientError> {
