@@ -104,10 +104,10 @@ pub struct LocalBackend {
 
 impl LocalBackend {
     pub fn add_namespace(&self, name: &str, password: &str) {
-        self.namespaces
-            .lock()
-            .unwrap()
-            .insert(name.to_owned(), (ScramSecret::derive(password), Arc::new(Engine::new())));
+        self.namespaces.lock().unwrap().insert(
+            name.to_owned(),
+            (ScramSecret::derive(password), Arc::new(Engine::new())),
+        );
     }
 
     fn engine(&self, name: &str) -> Result<Arc<Engine>, SqlError> {
@@ -140,7 +140,11 @@ impl SqlBackend for LocalBackend {
                 return Ok(read);
             }
             let command = to_command(&statements)?;
-            Ok(engine.apply(&command)?.into_iter().map(Into::into).collect())
+            Ok(engine
+                .apply(&command)?
+                .into_iter()
+                .map(Into::into)
+                .collect())
         })
     }
 
@@ -164,6 +168,10 @@ mod tests {
         let s = ScramSecret::derive("correct horse");
         assert!(s.verify("correct horse"));
         assert!(!s.verify("correct horsE"));
-        assert_ne!(ScramSecret::derive("correct horse").salt, s.salt, "fresh salt each time");
+        assert_ne!(
+            ScramSecret::derive("correct horse").salt,
+            s.salt,
+            "fresh salt each time"
+        );
     }
 }

@@ -2,6 +2,12 @@
 //! in-memory SQLite state machine, reachable over REST and the PostgreSQL wire protocol.
 
 pub mod backend;
+pub mod catalog;
+pub mod config;
+pub mod namespaces;
+pub mod pgwire_server;
+pub mod rest;
+pub mod server;
 pub mod sql;
 
 pub use backend::{LocalBackend, ScramSecret, SqlBackend};

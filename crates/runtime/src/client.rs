@@ -202,7 +202,11 @@ impl ApiClient {
     }
 
     /// A POST of raw bytes (`application/octet-stream`) with a JSON answer; sent once.
-    pub async fn post_bytes<T: DeserializeOwned>(&self, path: &str, body: Vec<u8>) -> Result<T, ClientError> {
+    pub async fn post_bytes<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, ClientError> {
         let (target, bytes) = self
             .call_raw(
                 Method::POST,

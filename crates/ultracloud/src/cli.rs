@@ -37,6 +37,69 @@ pub enum Command {
     Version,
     /// chainfire (the etcd-compatible coordination store): members and backups.
     Chainfire(ChainfireArgs),
+    /// flaredb (the replicated SQL/KV store): SQL, namespaces, backups.
+    Flaredb(FlaredbArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FlaredbArgs {
+    /// flaredb REST endpoint of any member.
+    #[arg(long, default_value = "http://127.0.0.1:8082", global = true)]
+    pub endpoint: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: FlaredbCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FlaredbCommand {
+    /// Run SQL statements (one transaction) in a namespace.
+    Sql {
+        #[arg(long, short = 'n')]
+        namespace: String,
+        /// Statements, each one argument.
+        #[arg(required = true)]
+        statements: Vec<String>,
+    },
+    /// Namespaces.
+    Namespace {
+        #[command(subcommand)]
+        command: NamespaceCommand,
+    },
+    /// Save a namespace's backup to FILE.
+    Backup {
+        #[arg(long, short = 'n')]
+        namespace: String,
+        file: PathBuf,
+    },
+    /// Replace a namespace's contents with a backup.
+    Restore {
+        #[arg(long, short = 'n')]
+        namespace: String,
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NamespaceCommand {
+    /// Create a namespace; prints its credential once.
+    Create {
+        name: String,
+        #[arg(long, value_enum, default_value_t = NamespaceMode::Strong)]
+        mode: NamespaceMode,
+    },
+    List,
+    /// Drop a namespace and all its data.
+    Drop {
+        name: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum NamespaceMode {
+    Strong,
+    Eventual,
 }
 
 /// How client commands reach a running cloud.
@@ -146,4 +209,6 @@ pub enum Component {
     Node,
     /// The etcd-compatible coordination store.
     Chainfire,
+    /// The replicated SQL/KV store (needs a reachable chainfire).
+    Flaredb,
 }

@@ -3,6 +3,7 @@
 
 mod chainfire_cli;
 mod cli;
+mod flaredb_cli;
 mod node;
 mod node_config;
 mod output;
@@ -43,6 +44,7 @@ fn main() -> ExitCode {
         Command::Up(args) => run_async(up::up(args, cli.output)),
         Command::Serve(args) => run_async(up::serve(args)),
         Command::Chainfire(args) => run_async(chainfire_cli::run(args.command, cli.output)),
+        Command::Flaredb(args) => run_async(flaredb_cli::run(args, cli.output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

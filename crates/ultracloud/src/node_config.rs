@@ -19,6 +19,7 @@ pub struct NodeConfig {
     pub http: HttpConfig,
     pub auth: AuthConfig,
     pub chainfire: chainfire::ChainfireConfig,
+    pub flaredb: flaredb::config::FlaredbConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -78,6 +79,7 @@ impl NodeConfig {
             )));
         }
         chainfire::check_config(&cfg.chainfire).map_err(|e| Failure::Config(e.to_string()))?;
+        flaredb::server::check_config(&cfg.flaredb).map_err(|e| Failure::Config(e.to_string()))?;
         if cfg.http.max_body_bytes == 0 {
             return Err(Failure::Config(
                 "config key `http.max_body_bytes`: must be greater than 0".to_owned(),

@@ -84,6 +84,60 @@ async fn start_chainfire(
     })
 }
 
+async fn start_flaredb(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    chainfire_url: String,
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("flaredb"))?;
+    let running = flaredb::server::start(ctx, cfg.flaredb.clone(), chainfire_url, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            flaredb::server::StartError::Config(m) => Failure::Config(m),
+            flaredb::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    let ep = &running.endpoints;
+    let pg_url = format!("postgresql://{}", ep.pg_addr);
+    Ok(Started {
+        name: "flaredb",
+        readiness: running.readiness.clone(),
+        endpoints: vec![
+            Endpoint {
+                component: "flaredb (REST)".into(),
+                url: ep.rest_url.clone(),
+            },
+            Endpoint {
+                component: "flaredb (PostgreSQL)".into(),
+                url: pg_url,
+            },
+        ],
+        health: vec![
+            ("flaredb (REST)".into(), format!("{}/healthz", ep.rest_url)),
+            (
+                "flaredb (PostgreSQL)".into(),
+                format!("{}/readyz", ep.rest_url),
+            ),
+        ],
+        task: running.task,
+        _lock: lock,
+    })
+}
+
+/// The node's own chainfire client URL, for components that record state there.
+fn local_chainfire_url(cfg: &NodeConfig, ctx: &uc_runtime::NodeContext) -> String {
+    cfg.chainfire
+        .advertise_client_url
+        .clone()
+        .unwrap_or_else(|| {
+            format!(
+                "{}://{}",
+                ctx.scheme(),
+                ctx.listen(cfg.chainfire.client_port)
+            )
+        })
+}
+
 pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let mut flags = Vec::new();
     if let Some(dir) = &args.data_dir {
@@ -119,7 +173,10 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let (auth, ctx) = context(&cfg, admin_token);
 
     // Each component starts here; the node server comes last and lists them.
-    let started = vec![start_chainfire(&cfg, &ctx, &shutdown).await?];
+    let chainfire = start_chainfire(&cfg, &ctx, &shutdown).await?;
+    let chainfire_url = chainfire.endpoints[0].url.clone();
+    let flaredb = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
+    let started = vec![chainfire, flaredb];
     let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
         &cfg.http,
@@ -259,6 +316,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         }
         Component::Chainfire => {
             let started = start_chainfire(&cfg, &ctx, &shutdown).await?;
+            let _ = started.task.await;
+        }
+        Component::Flaredb => {
+            let chainfire_url = local_chainfire_url(&cfg, &ctx);
+            let started = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
             let _ = started.task.await;
         }
     }

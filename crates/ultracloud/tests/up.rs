@@ -26,16 +26,20 @@ fn ultracloud() -> Command {
 /// One `ultracloud up` under uc-testkit, with `extra` appended to its config.
 fn up_node(extra: &'static str) -> ClusterBuilder {
     Cluster::builder(1)
-        .ports(&["node", "client", "peer", "admin"])
+        .ports(&["node", "client", "peer", "admin", "rest", "pg", "fpeer"])
         .config(move |n, _| {
             format!(
                 "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
-                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n{extra}",
+                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
+                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n{extra}",
                 n.ip,
                 n.port("node"),
                 n.port("client"),
                 n.port("peer"),
                 n.port("admin"),
+                n.port("rest"),
+                n.port("pg"),
+                n.port("fpeer"),
             )
         })
         .args(|n| {
@@ -439,6 +443,9 @@ fn up_prints_endpoints_as_json_and_honours_env_overrides() {
         .env("UC_CHAINFIRE__CLIENT_PORT", free_port(ip).to_string())
         .env("UC_CHAINFIRE__PEER_PORT", free_port(ip).to_string())
         .env("UC_CHAINFIRE__ADMIN_PORT", free_port(ip).to_string())
+        .env("UC_FLAREDB__REST_PORT", free_port(ip).to_string())
+        .env("UC_FLAREDB__PG_PORT", free_port(ip).to_string())
+        .env("UC_FLAREDB__PEER_PORT", free_port(ip).to_string())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -511,9 +518,13 @@ async fn tls_from_the_config_file() {
         &config,
         format!(
             "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-             [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n",
+             [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
+             [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n",
             cert.display(),
             key.display(),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),

@@ -101,7 +101,9 @@ fn tokenize(sql: &str) -> Vec<Token<'_>> {
             i = (i + 2).min(b.len());
             out.push(Token::Other(&sql[start..i]));
         } else if c.is_ascii_alphabetic() || c == b'_' || c >= 0x80 {
-            while i < b.len() && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80) {
+            while i < b.len()
+                && (b[i].is_ascii_alphanumeric() || b[i] == b'_' || b[i] == b'$' || b[i] >= 0x80)
+            {
                 i += 1;
             }
             out.push(Token::Word(&sql[start..i]));
@@ -174,12 +176,14 @@ pub fn check_writable(sql: &str) -> Result<(), SqlError> {
             sqlstate::FEATURE_NOT_SUPPORTED,
             format!("{k} cannot be used in a replicated write"),
         )),
-        Some(k @ ("BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE")) => Err(SqlError::new(
-            sqlstate::FEATURE_NOT_SUPPORTED,
-            format!(
-                "{k} inside a request: a request is already one transaction (send the statements together)"
-            ),
-        )),
+        Some(k @ ("BEGIN" | "COMMIT" | "END" | "ROLLBACK" | "SAVEPOINT" | "RELEASE")) => {
+            Err(SqlError::new(
+                sqlstate::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "{k} inside a request: a request is already one transaction (send the statements together)"
+                ),
+            ))
+        }
         _ => Ok(()),
     }
 }
@@ -220,7 +224,11 @@ fn next_random(state: &SharedFunctionState) -> u64 {
 }
 
 fn pinned_micros(state: &SharedFunctionState) -> i64 {
-    state.lock().unwrap_or_else(|e| e.into_inner()).pinned.now_micros
+    state
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .pinned
+        .now_micros
 }
 
 /// (year, month, day, hour, minute, second, microsecond) in UTC.
@@ -248,12 +256,17 @@ pub fn register(conn: &Connection, state: &SharedFunctionState) -> rusqlite::Res
     let s = state.clone();
     conn.create_scalar_function("now", 0, flags, move |_| {
         let (y, mo, d, h, mi, se, us) = civil(pinned_micros(&s));
-        Ok(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}.{us:06}+00:00"))
+        Ok(format!(
+            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}.{us:06}+00:00"
+        ))
     })?;
     let s = state.clone();
     conn.create_scalar_function("uc_now_text", 0, flags, move |_| {
         let (y, mo, d, h, mi, se, us) = civil(pinned_micros(&s));
-        Ok(format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}.{:03}", us / 1000))
+        Ok(format!(
+            "{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{se:02}.{:03}",
+            us / 1000
+        ))
     })?;
     let s = state.clone();
     conn.create_scalar_function("uc_current_timestamp", 0, flags, move |_| {
@@ -316,7 +329,10 @@ mod tests {
             "INSERT INTO t (a, \"CURRENT_TIMESTAMP\", b) VALUES ((uc_current_timestamp()), 'CURRENT_DATE', datetime((uc_now_text()))) -- CURRENT_TIME"
         );
         let ddl = rewrite("CREATE TABLE t (at TEXT DEFAULT CURRENT_TIMESTAMP)").unwrap();
-        assert_eq!(ddl, "CREATE TABLE t (at TEXT DEFAULT (uc_current_timestamp()))");
+        assert_eq!(
+            ddl,
+            "CREATE TABLE t (at TEXT DEFAULT (uc_current_timestamp()))"
+        );
         assert_eq!(rewrite("SELECT 'it''s now'").unwrap(), "SELECT 'it''s now'");
     }
 
@@ -354,7 +370,10 @@ mod tests {
             .unwrap();
             conn.query_row(&sql, [], |r| {
                 (0..7)
-                    .map(|i| r.get::<_, rusqlite::types::Value>(i).map(|v| format!("{v:?}")))
+                    .map(|i| {
+                        r.get::<_, rusqlite::types::Value>(i)
+                            .map(|v| format!("{v:?}"))
+                    })
                     .collect()
             })
             .unwrap()

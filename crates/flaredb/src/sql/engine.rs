@@ -71,7 +71,10 @@ fn open() -> rusqlite::Result<Db> {
     });
     determinism::register(&conn, &functions)?;
     conn.set_prepared_statement_cache_capacity(256);
-    conn.set_limit(rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH, SQLITE_MAX_LENGTH)?;
+    conn.set_limit(
+        rusqlite::limits::Limit::SQLITE_LIMIT_LENGTH,
+        SQLITE_MAX_LENGTH,
+    )?;
     // Constraints behave like PostgreSQL's by default.
     conn.execute_batch("PRAGMA foreign_keys = ON;")?;
     Ok(Db { conn, functions })
@@ -92,9 +95,7 @@ impl Engine {
     pub(crate) fn apply(&self, command: &SqlCommand) -> SqlOutcome {
         let db = self.db();
         determinism::pin(&db.functions, command.pinned);
-        db.conn
-            .execute_batch("BEGIN")
-            .map_err(|e| map_error(&e))?;
+        db.conn.execute_batch("BEGIN").map_err(|e| map_error(&e))?;
         let mut results = Vec::with_capacity(command.statements.len());
         for (i, st) in command.statements.iter().enumerate() {
             match run(&db.conn, &st.sql, &st.params, false) {
@@ -105,16 +106,26 @@ impl Engine {
                 }
             }
         }
-        db.conn
-            .execute_batch("COMMIT")
-            .map_err(|e| map_error(&e))?;
+        db.conn.execute_batch("COMMIT").map_err(|e| map_error(&e))?;
         Ok(results)
+    }
+
+    /// Whether every statement only reads (a statement that cannot be prepared yet counts as
+    /// a write: it may depend on an earlier statement of the same request).
+    pub(crate) fn is_read_only(&self, statements: &[Statement]) -> bool {
+        let db = self.db();
+        statements
+            .iter()
+            .all(|st| db.conn.prepare_cached(&st.sql).is_ok_and(|s| s.readonly()))
     }
 
     /// Runs read-only statements against the current state. `Ok(None)` when a statement
     /// writes (or cannot be prepared yet, e.g. it reads a table an earlier statement of the same
     /// request creates): the request must then go through Raft.
-    pub(crate) fn try_read(&self, statements: &[Statement]) -> Result<Option<Vec<StatementResult>>, SqlError> {
+    pub(crate) fn try_read(
+        &self,
+        statements: &[Statement],
+    ) -> Result<Option<Vec<StatementResult>>, SqlError> {
         let db = self.db();
         for st in statements {
             match db.conn.prepare_cached(&st.sql) {
@@ -126,7 +137,11 @@ impl Engine {
         let mut out = Vec::with_capacity(statements.len());
         for (i, st) in statements.iter().enumerate() {
             let params: Vec<LogValue> = st.params.iter().map(LogValue::from).collect();
-            out.push(run(&db.conn, &st.sql, &params, true).map_err(|e| e.at(i))?.into());
+            out.push(
+                run(&db.conn, &st.sql, &params, true)
+                    .map_err(|e| e.at(i))?
+                    .into(),
+            );
         }
         Ok(Some(out))
     }
@@ -142,12 +157,17 @@ impl Engine {
     /// Declared column types of a table (`PRAGMA table_info`), for parameter type inference.
     pub fn table_columns(&self, table: &str) -> Vec<(String, String)> {
         let db = self.db();
-        let Ok(mut stmt) = db.conn.prepare("SELECT name, type FROM pragma_table_info(?1)") else {
+        let Ok(mut stmt) = db
+            .conn
+            .prepare("SELECT name, type FROM pragma_table_info(?1)")
+        else {
             return Vec::new();
         };
-        stmt.query_map([table], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))
-            .map(|rows| rows.filter_map(Result::ok).collect())
-            .unwrap_or_default()
+        stmt.query_map([table], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+        })
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
     }
 
     /// User tables and their `CREATE` statements.
@@ -158,9 +178,14 @@ impl Engine {
         ) else {
             return Vec::new();
         };
-        stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Option<String>>(1)?.unwrap_or_default())))
-            .map(|rows| rows.filter_map(Result::ok).collect())
-            .unwrap_or_default()
+        stmt.query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+            ))
+        })
+        .map(|rows| rows.filter_map(Result::ok).collect())
+        .unwrap_or_default()
     }
 
     /// The database image (SQLite's own file format).
@@ -208,11 +233,16 @@ impl Engine {
             hash.update(name.as_bytes());
             hash.update(sql.as_bytes());
             let quoted = format!("\"{}\"", name.replace('"', "\"\""));
-            let Ok(mut stmt) = db.conn.prepare(&format!("SELECT * FROM {quoted} ORDER BY rowid")) else {
+            let Ok(mut stmt) = db
+                .conn
+                .prepare(&format!("SELECT * FROM {quoted} ORDER BY rowid"))
+            else {
                 continue;
             };
             let n = stmt.column_count();
-            let Ok(mut rows) = stmt.query([]) else { continue };
+            let Ok(mut rows) = stmt.query([]) else {
+                continue;
+            };
             while let Ok(Some(row)) = rows.next() {
                 for i in 0..n {
                     let v: Value = row.get(i).unwrap_or(Value::Null);
@@ -316,7 +346,12 @@ fn bind(stmt: &mut rusqlite::Statement<'_>, params: &[LogValue]) -> Result<(), S
     Ok(())
 }
 
-fn run(conn: &Connection, sql: &str, params: &[LogValue], read_only: bool) -> Result<LogResult, SqlError> {
+fn run(
+    conn: &Connection,
+    sql: &str,
+    params: &[LogValue],
+    read_only: bool,
+) -> Result<LogResult, SqlError> {
     let mut stmt = conn.prepare_cached(sql).map_err(|e| map_error(&e))?;
     if read_only && !stmt.readonly() {
         return Err(SqlError::new(
@@ -426,8 +461,11 @@ mod tests {
     #[test]
     fn requests_are_atomic_and_errors_carry_sqlstates() {
         let e = Engine::new();
-        e.apply(&cmd(&[("CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)", vec![])]))
-            .unwrap();
+        e.apply(&cmd(&[(
+            "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE)",
+            vec![],
+        )]))
+        .unwrap();
         let r = e
             .apply(&cmd(&[(
                 "INSERT INTO t (id, name) VALUES ($1, $2)",
@@ -442,15 +480,25 @@ mod tests {
                 ("INSERT INTO t (id, name) VALUES (3, 'a')", vec![]),
             ]))
             .unwrap_err();
-        assert_eq!((err.sqlstate.as_str(), err.statement), (sqlstate::UNIQUE_VIOLATION, Some(1)));
-        let rows = e.try_read(&[Statement::new("SELECT count(*) FROM t")]).unwrap().unwrap();
+        assert_eq!(
+            (err.sqlstate.as_str(), err.statement),
+            (sqlstate::UNIQUE_VIOLATION, Some(1))
+        );
+        let rows = e
+            .try_read(&[Statement::new("SELECT count(*) FROM t")])
+            .unwrap()
+            .unwrap();
         assert_eq!(rows[0].rows, vec![vec![SqlValue::Integer(1)]]);
 
         let err = e.apply(&cmd(&[("SELEC nonsense", vec![])])).unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::SYNTAX_ERROR);
-        let err = e.apply(&cmd(&[("INSERT INTO missing VALUES (1)", vec![])])).unwrap_err();
+        let err = e
+            .apply(&cmd(&[("INSERT INTO missing VALUES (1)", vec![])]))
+            .unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::UNDEFINED_TABLE);
-        let err = e.apply(&cmd(&[("INSERT INTO t (id) VALUES (9)", vec![])])).unwrap_err();
+        let err = e
+            .apply(&cmd(&[("INSERT INTO t (id) VALUES (9)", vec![])]))
+            .unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::NOT_NULL_VIOLATION);
     }
 
@@ -463,10 +511,19 @@ mod tests {
             vec![LogValue::Text("one".into()), LogValue::Integer(2)],
         )]))
         .unwrap();
-        let r = e.try_read(&[Statement::new("SELECT a, b FROM p")]).unwrap().unwrap();
-        assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(2), SqlValue::Text("one".into())]]);
+        let r = e
+            .try_read(&[Statement::new("SELECT a, b FROM p")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            r[0].rows,
+            vec![vec![SqlValue::Integer(2), SqlValue::Text("one".into())]]
+        );
         let err = e
-            .apply(&cmd(&[("INSERT INTO p VALUES ($1, $2)", vec![LogValue::Integer(1)])]))
+            .apply(&cmd(&[(
+                "INSERT INTO p VALUES ($1, $2)",
+                vec![LogValue::Integer(1)],
+            )]))
             .unwrap_err();
         assert_eq!(err.sqlstate, sqlstate::PROTOCOL_VIOLATION);
         let err = e
@@ -482,8 +539,14 @@ mod tests {
     fn replicas_applying_the_same_commands_are_identical_even_with_clock_and_randomness() {
         let (a, b) = (Engine::new(), Engine::new());
         let script = [
-            cmd(&[("CREATE TABLE r (id INTEGER PRIMARY KEY, x INTEGER DEFAULT (random()), at TEXT DEFAULT CURRENT_TIMESTAMP)", vec![])]),
-            cmd(&[("INSERT INTO r (id) VALUES (1), (2)", vec![]), ("UPDATE r SET x = random() WHERE id = 2", vec![])]),
+            cmd(&[(
+                "CREATE TABLE r (id INTEGER PRIMARY KEY, x INTEGER DEFAULT (random()), at TEXT DEFAULT CURRENT_TIMESTAMP)",
+                vec![],
+            )]),
+            cmd(&[
+                ("INSERT INTO r (id) VALUES (1), (2)", vec![]),
+                ("UPDATE r SET x = random() WHERE id = 2", vec![]),
+            ]),
             cmd(&[("INSERT INTO r (id, at) VALUES (3, now())", vec![])]),
         ];
         for c in &script {
@@ -501,9 +564,17 @@ mod tests {
     #[test]
     fn reads_are_refused_for_writes_and_classified() {
         let e = Engine::new();
-        assert!(e.try_read(&[Statement::new("CREATE TABLE x (a)")]).unwrap().is_none());
+        assert!(
+            e.try_read(&[Statement::new("CREATE TABLE x (a)")])
+                .unwrap()
+                .is_none()
+        );
         assert!(e.try_read(&[Statement::new("SELECT 1")]).unwrap().is_some());
         // Reads a table that does not exist yet: go through Raft (and fail there).
-        assert!(e.try_read(&[Statement::new("SELECT * FROM later")]).unwrap().is_none());
+        assert!(
+            e.try_read(&[Statement::new("SELECT * FROM later")])
+                .unwrap()
+                .is_none()
+        );
     }
 }
