@@ -294,7 +294,7 @@ async fn kv_read(ns: &Namespace, statement: Statement) -> Result<Vec<KvItem>, Ap
 }
 
 /// One key.
-#[utoipa::path(get, path = "/api/v1/kv/{key}", params(("key" = String, Path), ("namespace" = Option<String>, Query)),
+#[utoipa::path(get, path = "/api/v1/kv/{*key}", params(("key" = String, Path), ("namespace" = Option<String>, Query)),
     responses((status = 200, body = KvItem), (status = 404, body = uc_runtime::ErrorBody)), security(("bearer" = []), ("basic" = [])))]
 async fn kv_get(
     State(state): State<Arc<RestState>>,
@@ -319,7 +319,7 @@ async fn kv_get(
 }
 
 /// Writes a key; with `expected_version`, only if the key is at that version (409 otherwise).
-#[utoipa::path(put, path = "/api/v1/kv/{key}", request_body = KvPut, params(("key" = String, Path)),
+#[utoipa::path(put, path = "/api/v1/kv/{*key}", request_body = KvPut, params(("key" = String, Path)),
     responses((status = 200, body = KvItem), (status = 409, body = uc_runtime::ErrorBody)), security(("bearer" = []), ("basic" = [])))]
 async fn kv_put(
     State(state): State<Arc<RestState>>,
@@ -368,7 +368,7 @@ async fn kv_put(
 }
 
 /// Deletes a key.
-#[utoipa::path(delete, path = "/api/v1/kv/{key}", params(("key" = String, Path), ("namespace" = Option<String>, Query)),
+#[utoipa::path(delete, path = "/api/v1/kv/{*key}", params(("key" = String, Path), ("namespace" = Option<String>, Query)),
     responses((status = 204), (status = 404, body = uc_runtime::ErrorBody)), security(("bearer" = []), ("basic" = [])))]
 async fn kv_delete(
     State(state): State<Arc<RestState>>,
@@ -742,7 +742,7 @@ pub fn routes(state: Arc<RestState>, max_request_bytes: usize) -> Router {
         .route("/api/v1/tables", get(tables))
         .route("/api/v1/kv", get(kv_scan))
         .route(
-            "/api/v1/kv/{key}",
+            "/api/v1/kv/{*key}",
             get(kv_get).put(kv_put).delete(kv_delete),
         )
         .route(

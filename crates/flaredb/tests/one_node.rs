@@ -211,7 +211,8 @@ async fn kv_endpoints_and_bad_input() {
     .await;
     assert_eq!(s, 409, "create-only on an existing key");
     for k in ["p/1", "p/2", "p/3", "q/1"] {
-        put(k, json!({"namespace": "kv", "value": k})).await;
+        let (s, b) = put(k, json!({"namespace": "kv", "value": k})).await;
+        assert_eq!(s, 200, "{k}: {b}");
     }
     let (_, page) = f
         .rest(

@@ -612,6 +612,35 @@ impl Session {
                 }
                 None => send_execution_response(client, provisional_tag(sql)).await?,
             },
+            Command::Begin
+                if status == TransactionStatus::Idle
+                    && let Some(commit) = (i + 1..statements.len())
+                        .find(|&j| commands[j] != Command::Sql)
+                        .filter(|&j| commands[j] == Command::Commit) =>
+            {
+                // A whole `BEGIN; …; COMMIT` in one query string is one request, so the
+                // statements report their real row counts instead of provisional ones.
+                send_execution_response(client, Tag::new("BEGIN")).await?;
+                client.set_transaction_status(TransactionStatus::Transaction);
+                let batch: Vec<Statement> = statements[i + 1..commit]
+                    .iter()
+                    .map(|s| Statement::new(*s))
+                    .collect();
+                let results = self.backend.execute(ns, batch).await.map_err(|error| {
+                    let detail = Some(format!(
+                        "statement {} of the transaction block failed; the block is applied as one request, so none of it took effect",
+                        error.statement.map_or(1, |k| k + 1)
+                    ));
+                    Failure::Sql { error, detail }
+                })?;
+                for (sql, r) in statements[i + 1..commit].iter().zip(results) {
+                    self.send_simple_reply(client, reply_for(sql, r, None)?)
+                        .await?;
+                }
+                client.set_transaction_status(TransactionStatus::Idle);
+                send_execution_response(client, Tag::new("COMMIT")).await?;
+                return Ok(commit + 1);
+            }
             Command::Begin => {
                 if status == TransactionStatus::Idle {
                     self.reset_block();

@@ -739,6 +739,12 @@ fn is_comparison(t: &Token<'_>) -> bool {
         || t.is("IS")
 }
 
+/// An operator whose other operand gives a parameter its type: comparisons and arithmetic
+/// (`balance - $1` takes `balance`'s type, as PostgreSQL infers it).
+fn is_typing_operator(t: &Token<'_>) -> bool {
+    is_comparison(t) || (t.kind == Kind::Punct && matches!(t.text, "+" | "-" | "*" | "/" | "%"))
+}
+
 /// The column named by the identifier at `sig[k]` (the last part of `a.b`), if it is one.
 fn column_at(sig: &[Token<'_>], k: usize) -> Option<String> {
     let t = sig.get(k)?;
@@ -888,7 +894,7 @@ pub(super) fn infer_param_types(
             k.checked_sub(1)
         };
         if let Some(op) = op_at
-            && is_comparison(&sig[op])
+            && is_typing_operator(&sig[op])
             && let Some(mut c) = op.checked_sub(1)
         {
             if sig[c].is("NOT") {
@@ -899,7 +905,7 @@ pub(super) fn infer_param_types(
             }
         }
         // $n <op> col
-        if sig.get(k + 1).is_some_and(is_comparison)
+        if sig.get(k + 1).is_some_and(is_typing_operator)
             && let Some(col) = column_at(&sig, k + 2)
         {
             let qualified = sig.get(k + 3).is_some_and(|t| t.is_punct("."));

@@ -333,6 +333,11 @@ fn encode_value(enc: &mut DataRowEncoder, v: &SqlValue, field: &FieldInfo) -> Re
             Some(i) => put!(i),
             None => text_fallback(enc),
         },
+        // pgwire's own float text form is Rust's ("3.0"); PostgreSQL prints "3".
+        Type::FLOAT8 | Type::FLOAT4 if !binary => match as_f64(v) {
+            Some(f) => put!(format_real(f).as_str()),
+            None => text_fallback(enc),
+        },
         Type::FLOAT8 => match as_f64(v) {
             Some(f) => put!(f),
             None => text_fallback(enc),

@@ -126,19 +126,26 @@ impl Engine {
         &self,
         statements: &[Statement],
     ) -> Result<Option<Vec<StatementResult>>, SqlError> {
+        // Reads are rewritten like writes: `last_insert_rowid()` would expose this replica's
+        // connection history, which differs between replicas.
+        let rewritten: Vec<String> = statements
+            .iter()
+            .enumerate()
+            .map(|(i, st)| determinism::rewrite(&st.sql).map_err(|e| e.at(i)))
+            .collect::<Result<_, _>>()?;
         let db = self.db();
-        for st in statements {
-            match db.conn.prepare_cached(&st.sql) {
+        for sql in &rewritten {
+            match db.conn.prepare_cached(sql) {
                 Ok(stmt) if stmt.readonly() => {}
                 _ => return Ok(None),
             }
         }
         determinism::pin(&db.functions, Pinned::now());
         let mut out = Vec::with_capacity(statements.len());
-        for (i, st) in statements.iter().enumerate() {
+        for (i, (st, sql)) in statements.iter().zip(&rewritten).enumerate() {
             let params: Vec<LogValue> = st.params.iter().map(LogValue::from).collect();
             out.push(
-                run(&db.conn, &st.sql, &params, true)
+                run(&db.conn, sql, &params, true)
                     .map_err(|e| e.at(i))?
                     .into(),
             );

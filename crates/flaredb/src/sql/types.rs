@@ -85,6 +85,7 @@ impl From<LogValue> for SqlValue {
 
 /// One SQL statement with its `$1`… parameters.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
 pub struct Statement {
     pub sql: String,
     #[serde(default)]
