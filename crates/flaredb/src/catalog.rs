@@ -10,6 +10,9 @@ use chainfire::client::Client;
 use chainfire::etcdpb::etcdserverpb as pb;
 
 pub const PREFIX: &str = "/ultracloud/flaredb/namespaces/";
+/// Every flaredb node registers itself here at start, so an operator can add it to
+/// namespaces by name.
+pub const MEMBERS_PREFIX: &str = "/ultracloud/flaredb/members/";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
@@ -33,6 +36,10 @@ pub struct NamespaceRecord {
     pub name: String,
     pub mode: Mode,
     pub members: Vec<MemberRef>,
+    /// The members that formed the group (the others joined later and must not initialize
+    /// a group of their own).
+    #[serde(default)]
+    pub founders: Vec<u64>,
     pub secret: ScramSecret,
     pub created_unix: i64,
 }
@@ -41,6 +48,8 @@ pub struct NamespaceRecord {
 pub enum CatalogError {
     #[error("namespace already exists")]
     Exists,
+    #[error("the namespace record changed concurrently; retry")]
+    Changed,
     #[error("chainfire: {0}")]
     Unavailable(String),
 }
@@ -114,6 +123,77 @@ impl Catalog {
         } else {
             Err(CatalogError::Exists)
         }
+    }
+
+    /// Replaces `old` by `new` if the stored record is still exactly `old`.
+    pub async fn replace(
+        &self,
+        old: &NamespaceRecord,
+        new: &NamespaceRecord,
+    ) -> Result<(), CatalogError> {
+        let encode = |r: &NamespaceRecord| {
+            serde_json::to_vec(r).map_err(|e| CatalogError::Unavailable(e.to_string()))
+        };
+        let (old_value, new_value) = (encode(old)?, encode(new)?);
+        let mut c = self.client().await?;
+        let txn = pb::TxnRequest {
+            compare: vec![pb::Compare {
+                result: pb::compare::CompareResult::Equal as i32,
+                target: pb::compare::CompareTarget::Value as i32,
+                key: key(&old.name),
+                target_union: Some(pb::compare::TargetUnion::Value(old_value)),
+                ..Default::default()
+            }],
+            success: vec![pb::RequestOp {
+                request: Some(pb::request_op::Request::RequestPut(pb::PutRequest {
+                    key: key(&new.name),
+                    value: new_value,
+                    ..Default::default()
+                })),
+            }],
+            failure: vec![],
+        };
+        let r =
+            c.kv.txn(txn)
+                .await
+                .map_err(|s| CatalogError::Unavailable(s.message().to_owned()))?
+                .into_inner();
+        if r.succeeded {
+            Ok(())
+        } else {
+            Err(CatalogError::Changed)
+        }
+    }
+
+    /// Records this node as a flaredb member (idempotent; done at every start).
+    pub async fn register_member(&self, member: &MemberRef) -> Result<(), CatalogError> {
+        let mut c = self.client().await?;
+        let value =
+            serde_json::to_vec(member).map_err(|e| CatalogError::Unavailable(e.to_string()))?;
+        c.kv.put(pb::PutRequest {
+            key: format!("{MEMBERS_PREFIX}{}", member.name).into_bytes(),
+            value,
+            ..Default::default()
+        })
+        .await
+        .map_err(|s| CatalogError::Unavailable(s.message().to_owned()))?;
+        Ok(())
+    }
+
+    /// A registered member by name.
+    pub async fn member(&self, name: &str) -> Result<Option<MemberRef>, CatalogError> {
+        let mut c = self.client().await?;
+        let r =
+            c.kv.range(pb::RangeRequest {
+                key: format!("{MEMBERS_PREFIX}{name}").into_bytes(),
+                ..Default::default()
+            })
+            .await
+            .map_err(|s| CatalogError::Unavailable(s.message().to_owned()))?
+            .into_inner();
+        Ok(r.kvs
+            .first()
+            .and_then(|kv| serde_json::from_slice(&kv.value).ok()))
     }
 
     /// Deletes a record; whether it existed.

@@ -157,6 +157,28 @@ impl Namespace {
     pub fn raft_status(&self) -> uc_raft::RaftStatus {
         self.node.status()
     }
+
+    pub fn membership(&self) -> uc_raft::Membership {
+        self.node.membership()
+    }
+
+    /// Adds a flaredb member to this namespace's group: it joins as a learner and becomes a
+    /// voter once it has caught up (the leader promotes it).
+    pub async fn add_member(&self, member: &MemberRef) -> Result<(), uc_raft::WriteError> {
+        self.node
+            .add_member(member.id, group_peer(member, &self.name), true)
+            .await
+    }
+}
+
+/// A member's address for one namespace's group (groups share the peer listener under
+/// `/ns/<namespace>`).
+fn group_peer(member: &MemberRef, namespace: &str) -> PeerNode {
+    PeerNode {
+        name: member.name.clone(),
+        peer_url: format!("{}/ns/{namespace}", member.peer_url),
+        ..Default::default()
+    }
 }
 
 /// This node's view: the flaredb members, and the namespaces it serves.
@@ -288,18 +310,11 @@ impl Registry {
         let founders: BTreeMap<u64, PeerNode> = record
             .members
             .iter()
-            .map(|m| {
-                (
-                    m.id,
-                    PeerNode {
-                        name: m.name.clone(),
-                        peer_url: format!("{}/ns/{}", m.peer_url, record.name),
-                        ..Default::default()
-                    },
-                )
-            })
+            .filter(|m| record.founders.is_empty() || record.founders.contains(&m.id))
+            .map(|m| (m.id, group_peer(m, &record.name)))
             .collect();
-        if let Err(e) = node.initialize(founders).await {
+        let founder = record.founders.is_empty() || record.founders.contains(&self.me.id);
+        if founder && let Err(e) = node.initialize(founders).await {
             tracing::error!(namespace = %record.name, error = %e, "cannot initialize namespace");
         }
         let ns = Arc::new(Namespace {
@@ -382,6 +397,10 @@ impl Registry {
         synced: &tokio::sync::watch::Sender<bool>,
         shutdown: &Shutdown,
     ) -> Result<(), String> {
+        self.catalog
+            .register_member(&self.me)
+            .await
+            .map_err(|e| e.to_string())?;
         let (records, revision) = self.catalog.list().await.map_err(|e| e.to_string())?;
         let names: std::collections::HashSet<String> =
             records.iter().map(|r| r.name.clone()).collect();

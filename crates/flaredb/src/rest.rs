@@ -543,6 +543,7 @@ async fn create_namespace(
         name: req.name.clone(),
         mode: req.mode,
         members: state.registry.members.clone(),
+        founders: state.registry.members.iter().map(|m| m.id).collect(),
         secret: ScramSecret::derive(&password),
         created_unix: std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -571,6 +572,70 @@ async fn create_namespace(
         }),
     )
         .into_response())
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AddMember {
+    /// A flaredb node's name (`[node] name`); it must have started once against the same
+    /// chainfire, which is where it registers itself.
+    pub name: String,
+}
+
+/// Adds a flaredb member to a namespace: it joins the namespace's Raft group as a learner,
+/// catches up (by snapshot if needed) and is then promoted to voter.
+#[utoipa::path(post, path = "/api/v1/namespaces/{name}/members", request_body = AddMember, params(("name" = String, Path)),
+    responses((status = 202, body = NamespaceView), (status = 404, body = uc_runtime::ErrorBody), (status = 409, body = uc_runtime::ErrorBody)),
+    security(("bearer" = [])))]
+async fn add_member(
+    State(state): State<Arc<RestState>>,
+    caller: Caller,
+    Path(name): Path<String>,
+    Json(req): Json<AddMember>,
+) -> Result<(StatusCode, Json<NamespaceView>), ApiError> {
+    caller.require_operator()?;
+    let Some(record) = state.registry.record(&name) else {
+        return Err(ApiError::not_found(format!(
+            "namespace \"{name}\" does not exist"
+        )));
+    };
+    let ns = served(&state, &name)?;
+    let member = match state.registry.catalog.member(&req.name).await {
+        Ok(Some(m)) => m,
+        Ok(None) => {
+            return Err(ApiError::not_found(format!(
+                "no flaredb member named \"{}\" has registered (start it against the same chainfire first)",
+                req.name
+            )));
+        }
+        Err(e) => return Err(ApiError::unavailable(e.to_string())),
+    };
+    if record.members.iter().any(|m| m.id == member.id) {
+        return Err(ApiError::conflict(format!(
+            "{} is already a member of {name}",
+            req.name
+        )));
+    }
+    let mut updated = record.clone();
+    updated.members.push(member.clone());
+    if updated.founders.is_empty() {
+        updated.founders = record.members.iter().map(|m| m.id).collect();
+    }
+    // The record first, so the new member starts an (uninitialized) group that the leader
+    // can replicate to as soon as it is added.
+    match state.registry.catalog.replace(&record, &updated).await {
+        Ok(()) => {}
+        Err(CatalogError::Changed) => {
+            return Err(ApiError::conflict(
+                "the namespace changed concurrently; retry",
+            ));
+        }
+        Err(e) => return Err(ApiError::unavailable(e.to_string())),
+    }
+    ns.add_member(&member)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("adding {} to the group: {e}", req.name)))?;
+    Ok((StatusCode::ACCEPTED, Json(view(&updated))))
 }
 
 /// Namespaces.
@@ -673,6 +738,9 @@ struct ReplicaStatus {
     checksum: String,
     #[schema(value_type = Object)]
     raft: uc_raft::RaftStatus,
+    /// The group's members as this replica knows them (`voter: false` while catching up).
+    #[schema(value_type = Object)]
+    membership: uc_raft::Membership,
 }
 
 /// This replica's view of a namespace: Raft state and a checksum of its contents.
@@ -690,6 +758,7 @@ async fn replica_status(
         mode: ns.mode,
         checksum: ns.checksum(),
         raft: ns.raft_status(),
+        membership: ns.membership(),
     }))
 }
 
@@ -709,6 +778,7 @@ async fn replica_status(
         create_namespace,
         list_namespaces,
         drop_namespace,
+        add_member,
         backup,
         restore,
         replica_status
@@ -721,6 +791,7 @@ async fn replica_status(
         KvPut,
         ScanPage,
         CreateNamespace,
+        AddMember,
         NamespaceView,
         CreatedNamespace,
         Mode,
@@ -753,6 +824,7 @@ pub fn routes(state: Arc<RestState>, max_request_bytes: usize) -> Router {
             "/api/v1/namespaces/{name}",
             axum::routing::delete(drop_namespace),
         )
+        .route("/api/v1/namespaces/{name}/members", post(add_member))
         .route("/api/v1/namespaces/{name}/backup", get(backup))
         .route("/api/v1/namespaces/{name}/status", get(replica_status))
         .route(

@@ -324,3 +324,92 @@ async fn backup_restores_into_a_fresh_cluster_with_identical_tables() {
     );
     let _ = Method::GET;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_member_added_to_a_namespace_catches_up_by_snapshot_and_votes() {
+    // Members 0 and 1 found the namespace; member 2 starts on its own and is added later.
+    let mut f = flare_with(
+        3,
+        2,
+        "snapshot_every_entries = 20\nentries_kept_after_snapshot = 2\n",
+    )
+    .await;
+    f.create_namespace("grow", "strong").await;
+    let (s, b) = f
+        .sql(
+            0,
+            "grow",
+            json!([{"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY, r REAL)"}]),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    for id in 0..60 {
+        let (s, b) = f
+            .sql(
+                id % 2,
+                "grow",
+                json!([{"sql": "INSERT INTO t VALUES ($1, random())", "params": [id]}]),
+            )
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let (s, _) = f
+        .rest(2, Method::GET, "/api/v1/namespaces/grow/status", None)
+        .await;
+    assert_eq!(
+        s, 404,
+        "member 2 does not serve the namespace before it is added"
+    );
+
+    // Bad input first: unknown member, unknown namespace, an existing member.
+    let add = |ns: &str, member: &str| {
+        let path = format!("/api/v1/namespaces/{ns}/members");
+        let body = json!({"name": member});
+        let f = f.api.clone();
+        async move { f.rest(0, Method::POST, &path, Some(body)).await }
+    };
+    assert_eq!(add("grow", "nobody").await.0, 404);
+    assert_eq!(add("missing", "flaredb-2").await.0, 404);
+    let member0 = f.flaredb.node(0).info.name.clone();
+    assert_eq!(add("grow", &member0).await.0, 409);
+
+    let member2 = f.flaredb.node(2).info.name.clone();
+    let (s, b) = add("grow", &member2).await;
+    assert_eq!(s, 202, "{b}");
+    assert_eq!(b["members"].as_array().unwrap().len(), 3, "{b}");
+
+    // Member 2 catches up (the log it missed was purged: by snapshot) and becomes a voter.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = f.replica_status(2, "grow").await;
+        let voters = status["membership"]["members"]
+            .as_array()
+            .map(|m| m.iter().filter(|m| m["voter"] == true).count())
+            .unwrap_or(0);
+        if voters == 3 && status["raft"]["snapshot_index"].as_u64().unwrap_or(0) > 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 2 did not join: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (s, b) = f
+        .sql(2, "grow", json!([{"sql": "SELECT count(*) AS n FROM t"}]))
+        .await;
+    assert_eq!(
+        (s, b["results"][0]["rows"][0][0].as_i64()),
+        (200, Some(60)),
+        "{b}"
+    );
+    let sums = checksums(&f, "grow").await;
+    assert!(
+        sums.iter().all(|c| *c == sums[0]),
+        "replicas differ: {sums:?}"
+    );
+
+    // It now counts towards the quorum: with member 0 down, 1 and 2 still commit.
+    f.flaredb.node_mut(0).kill();
+    let (s, b) = f
+        .sql(1, "grow", json!([{"sql": "INSERT INTO t VALUES (100, 0)"}]))
+        .await;
+    assert_eq!(s, 200, "{b}");
+}

@@ -27,6 +27,12 @@ const RAFT: &str = "heartbeat_interval_ms = 50\nelection_timeout_min_ms = 300\ne
 
 /// Starts chainfire, then `n` flaredb members; `extra_raft` is added to `[flaredb.raft]`.
 pub async fn flare(n: usize, extra_raft: &'static str) -> Flare {
+    flare_with(n, n, extra_raft).await
+}
+
+/// Like [`flare`], but only the first `founders` members place new namespaces on each
+/// other; the rest list the founders and themselves (nodes that join later).
+pub async fn flare_with(n: usize, founders: usize, extra_raft: &'static str) -> Flare {
     let chainfire = Cluster::builder(1)
         .ports(&["client", "peer", "admin", "node"])
         .config(|node, _| {
@@ -55,6 +61,9 @@ pub async fn flare(n: usize, extra_raft: &'static str) -> Flare {
         .config(move |node, all| {
             let initial: Vec<String> = all
                 .iter()
+                .enumerate()
+                .filter(|(i, m)| *i < founders || m.name == node.name)
+                .map(|(_, m)| m)
                 .map(|m| format!("\"{}=http://{}:{}\"", m.name, m.ip, m.port("peer")))
                 .collect();
             format!(
