@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod catalog;
+pub mod client;
 pub mod config;
 pub mod namespaces;
 pub mod pgwire_server;

@@ -178,7 +178,7 @@ fn served(state: &RestState, name: &str) -> Result<Arc<Namespace>, ApiError> {
     state.registry.get(name).map_err(sql_error)
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SqlRequest {
     /// Required for the operator; defaults to the credential's namespace.
@@ -188,7 +188,7 @@ pub struct SqlRequest {
     pub statements: Vec<Statement>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct SqlResponse {
     #[schema(value_type = Vec<Object>)]
     pub results: Vec<StatementResult>,
@@ -216,10 +216,10 @@ struct NamespaceQuery {
     namespace: Option<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-struct TableView {
-    name: String,
-    sql: String,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct TableView {
+    pub name: String,
+    pub sql: String,
 }
 
 /// The namespace's tables.
@@ -252,7 +252,7 @@ async fn tables(
 const KV_TABLE: &str = "_flaredb_kv";
 const KV_CREATE: &str = "CREATE TABLE IF NOT EXISTS _flaredb_kv (key TEXT PRIMARY KEY, value TEXT NOT NULL, version INTEGER NOT NULL)";
 
-#[derive(Debug, Serialize, ToSchema, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct KvItem {
     pub key: String,
     pub value: String,
@@ -260,7 +260,7 @@ pub struct KvItem {
     pub version: i64,
 }
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KvPut {
     pub value: String,
@@ -410,7 +410,7 @@ struct ScanQuery {
 /// Page tokens are the last key of the previous page, hex-encoded (opaque and URL-safe).
 fn decode_page_token(token: &str) -> Result<String, ApiError> {
     let bad = || ApiError::invalid_argument("bad page_token");
-    if token.len() % 2 != 0 {
+    if !token.len().is_multiple_of(2) {
         return Err(bad());
     }
     let bytes = (0..token.len())
@@ -421,11 +421,11 @@ fn decode_page_token(token: &str) -> Result<String, ApiError> {
     String::from_utf8(bytes).map_err(|_| bad())
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-struct ScanPage {
-    items: Vec<KvItem>,
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ScanPage {
+    pub items: Vec<KvItem>,
     /// Pass as `page_token` for the next page; absent on the last page.
-    next_page_token: Option<String>,
+    pub next_page_token: Option<String>,
 }
 
 /// Keys by prefix or range, in key order, paginated.
@@ -480,7 +480,7 @@ async fn kv_scan(
 
 // --- Namespaces (operator only)
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateNamespace {
     /// 1–63 characters: lowercase letters, digits, `_`; starts with a letter.
@@ -488,14 +488,14 @@ pub struct CreateNamespace {
     pub mode: Mode,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct NamespaceView {
     pub name: String,
     pub mode: Mode,
     pub members: Vec<String>,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreatedNamespace {
     pub name: String,
     pub mode: Mode,

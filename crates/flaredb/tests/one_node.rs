@@ -353,3 +353,149 @@ async fn kv_endpoints_and_bad_input() {
         .await;
     assert_eq!(s, 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_client_typed_sql_and_kv() {
+    use flaredb::client::{FlaredbClient, FlaredbError, params};
+    let f = flare(1, "").await;
+    let password = f.create_namespace("svc", "strong").await;
+    let url = f.api.rest_urls[0].clone();
+    let db = FlaredbClient::for_namespace(
+        &url,
+        "svc",
+        uc_runtime::Secret::new(password),
+        Default::default(),
+    )
+    .unwrap();
+
+    db.execute(
+        "CREATE TABLE vm (id TEXT PRIMARY KEY, vcpus INTEGER NOT NULL, note TEXT)",
+        vec![],
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        db.execute(
+            "INSERT INTO vm VALUES ($1, $2, $3), ($4, $5, $6)",
+            params!["a", 2, None::<String>, "b", 4, "big"],
+        )
+        .await
+        .unwrap(),
+        2
+    );
+    #[derive(serde::Deserialize, Debug, PartialEq)]
+    struct Vm {
+        id: String,
+        vcpus: i64,
+        note: Option<String>,
+    }
+    let vms: Vec<Vm> = db
+        .query(
+            "SELECT id, vcpus, note FROM vm WHERE vcpus >= $1 ORDER BY id",
+            params![1],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        vms,
+        vec![
+            Vm {
+                id: "a".into(),
+                vcpus: 2,
+                note: None
+            },
+            Vm {
+                id: "b".into(),
+                vcpus: 4,
+                note: Some("big".into())
+            }
+        ]
+    );
+    let e = db
+        .execute("INSERT INTO vm VALUES ($1, 1, NULL)", params!["a"])
+        .await
+        .unwrap_err();
+    assert!(e.is_unique_violation(), "{e}");
+    let e = db.execute("SELEC 1", vec![]).await.unwrap_err();
+    assert_eq!(e.sqlstate(), Some("42601"), "{e}");
+    assert_eq!(db.tables().await.unwrap()[0].name, "vm");
+
+    // KV: typed values, compare-and-set, keys with slashes and spaces, pages, delete.
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Lease {
+        holder: String,
+    }
+    let v1 = db
+        .kv_put_json(
+            "leases/vm a",
+            &Lease {
+                holder: "n1".into(),
+            },
+            Some(0),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v1, 1);
+    let e = db
+        .kv_put_json(
+            "leases/vm a",
+            &Lease {
+                holder: "n2".into(),
+            },
+            Some(0),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FlaredbError::VersionConflict(_)), "{e}");
+    let v2 = db
+        .kv_put_json(
+            "leases/vm a",
+            &Lease {
+                holder: "n2".into(),
+            },
+            Some(v1),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v2, 2);
+    let (lease, version) = db
+        .kv_get_json::<Lease>("leases/vm a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((lease.holder.as_str(), version), ("n2", 2));
+    for i in 0..7 {
+        db.kv_put(&format!("many/{i:05}"), "x", None).await.unwrap();
+    }
+    db.kv_put("manz", "outside the prefix", None).await.unwrap();
+    let first = db.kv_scan("many/", 3, None).await.unwrap();
+    assert_eq!(first.items.len(), 3);
+    let second = db
+        .kv_scan("many/", 3, first.next_page_token.as_deref())
+        .await
+        .unwrap();
+    assert_eq!(second.items[0].key, "many/00003");
+    let all = db.kv_list("many/").await.unwrap();
+    assert_eq!(all.len(), 7);
+    assert!(all.windows(2).all(|w| w[0].key < w[1].key));
+    assert!(db.kv_delete("leases/vm a").await.unwrap());
+    assert!(!db.kv_delete("leases/vm a").await.unwrap());
+    assert!(db.kv_get("leases/vm a").await.unwrap().is_none());
+
+    // The operator's client reaches the same namespace.
+    let op = FlaredbClient::as_operator(
+        &url,
+        "svc",
+        uc_runtime::client::ClientOptions {
+            token: Some(uc_runtime::Secret::new(f.api.token.clone())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let n: Vec<serde_json::Value> = op
+        .query("SELECT count(*) AS n FROM vm", vec![])
+        .await
+        .unwrap();
+    assert_eq!(n[0]["n"], 2);
+    assert_eq!(op.kv_list("many/").await.unwrap().len(), 7);
+}

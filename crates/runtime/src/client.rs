@@ -93,6 +93,8 @@ pub struct ApiClient {
     http: reqwest::Client,
     base: Url,
     token: Option<Secret<String>>,
+    /// HTTP Basic credentials (e.g. a flaredb namespace credential), instead of the token.
+    basic: Option<(String, Secret<String>)>,
     options: ClientOptions,
 }
 
@@ -132,12 +134,20 @@ impl ApiClient {
             http,
             base,
             token: options.token.clone(),
+            basic: None,
             options,
         })
     }
 
     pub fn with_token(mut self, token: Secret<String>) -> Self {
         self.token = Some(token);
+        self
+    }
+
+    /// Authenticates with HTTP Basic credentials instead of a bearer token.
+    pub fn with_basic_auth(mut self, user: &str, password: Secret<String>) -> Self {
+        self.token = None;
+        self.basic = Some((user.to_owned(), password));
         self
     }
 
@@ -153,6 +163,13 @@ impl ApiClient {
     pub async fn delete<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
         self.call(Method::DELETE, path, None, None, Repeat::Idempotent)
             .await
+    }
+
+    /// A DELETE whose success has no body (204).
+    pub async fn delete_no_content(&self, path: &str) -> Result<(), ClientError> {
+        self.call_raw(Method::DELETE, path, None, None, Repeat::Idempotent)
+            .await
+            .map(|_| ())
     }
 
     pub async fn put<B: Serialize, T: DeserializeOwned>(
@@ -266,6 +283,9 @@ impl ApiClient {
                     .map_err(|_| ClientError::Setup("token is not a valid header value".into()))?;
                 value.set_sensitive(true);
                 req = req.header(reqwest::header::AUTHORIZATION, value);
+            }
+            if let Some((user, password)) = &self.basic {
+                req = req.basic_auth(user, Some(password.expose()));
             }
             if let Some(key) = idempotency_key {
                 req = req.header("idempotency-key", key);

@@ -461,10 +461,11 @@ impl Session {
         }
         determinism::check_writable(&stmt.sql)?;
         determinism::rewrite(&stmt.sql)?;
-        if validate && let Err(e) = self.backend.describe(ns, &stmt.sql) {
-            if !self.lenient(&e) {
-                return Err(e);
-            }
+        if validate
+            && let Err(e) = self.backend.describe(ns, &stmt.sql)
+            && !self.lenient(&e)
+        {
+            return Err(e);
         }
         let ddl = sqltext::is_ddl(&stmt.sql);
         let mut block = self.block();

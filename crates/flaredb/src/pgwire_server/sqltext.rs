@@ -148,9 +148,9 @@ pub(super) fn tokenize(sql: &str) -> Vec<Token<'_>> {
             i += 1;
             while i < b.len() {
                 let d = b[i];
-                if d.is_ascii_alphanumeric() || d == b'.' || d == b'_' {
-                    i += 1;
-                } else if (d == b'+' || d == b'-') && !hex && matches!(b[i - 1], b'e' | b'E') {
+                let exponent_sign =
+                    (d == b'+' || d == b'-') && !hex && matches!(b[i - 1], b'e' | b'E');
+                if d.is_ascii_alphanumeric() || d == b'.' || d == b'_' || exponent_sign {
                     i += 1;
                 } else {
                     break;
@@ -237,9 +237,7 @@ pub(super) fn split(sql: &str) -> Vec<&str> {
             );
         }
         if trigger {
-            if t.is("BEGIN") {
-                depth += 1;
-            } else if t.is("CASE") && depth > 0 {
+            if t.is("BEGIN") || (t.is("CASE") && depth > 0) {
                 depth += 1;
             } else if t.is("END") {
                 depth = depth.saturating_sub(1);
@@ -660,8 +658,7 @@ fn table_names(sig: &[Token<'_>]) -> Vec<String> {
             if t.is("UPDATE") && sig.get(j).is_some_and(|t| t.is("OR")) {
                 j += 2;
             }
-            loop {
-                let Some(name_tok) = sig.get(j) else { break };
+            while let Some(name_tok) = sig.get(j) {
                 let Some(mut name) = name_tok.ident() else {
                     break;
                 };

@@ -270,7 +270,6 @@ impl Default for Engine {
 
 fn columns(stmt: &rusqlite::Statement<'_>) -> Vec<Column> {
     stmt.columns()
-        .into_iter()
         .map(|c| Column {
             name: c.name().to_owned(),
             decl_type: c.decl_type().map(str::to_owned),
