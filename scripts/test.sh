@@ -7,7 +7,8 @@ cd "$(dirname "$0")/.."
 
 # Debian packages the tests drive as real peers/clients. Components add theirs here.
 #   etcd-client, etcd-server: etcdctl against chainfire; a real etcd for differential tests
-PACKAGES=(etcd-client etcd-server)
+#   postgresql-client: psql against flaredb's PostgreSQL wire protocol
+PACKAGES=(etcd-client etcd-server postgresql-client)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
