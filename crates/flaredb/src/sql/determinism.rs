@@ -188,6 +188,58 @@ pub fn check_writable(sql: &str) -> Result<(), SqlError> {
     }
 }
 
+/// PRAGMAs that only report on the schema or the data, allowed in reads.
+const INFORMATIONAL_PRAGMAS: &[&str] = &[
+    "TABLE_INFO",
+    "TABLE_XINFO",
+    "TABLE_LIST",
+    "INDEX_LIST",
+    "INDEX_INFO",
+    "INDEX_XINFO",
+    "FOREIGN_KEY_LIST",
+    "FOREIGN_KEY_CHECK",
+    "INTEGRITY_CHECK",
+    "QUICK_CHECK",
+    "COLLATION_LIST",
+    "FUNCTION_LIST",
+    "PRAGMA_LIST",
+    "COMPILE_OPTIONS",
+];
+
+/// Statements a read may not contain: SQLite calls `PRAGMA foreign_keys = OFF` or `ATTACH`
+/// read-only (they write no table), but they change how this one replica behaves.
+pub fn check_readable(sql: &str) -> Result<(), SqlError> {
+    let tokens = tokenize(sql);
+    let mut words = tokens.iter().filter_map(|t| match t {
+        Token::Word(w) => Some(w.to_ascii_uppercase()),
+        _ => None,
+    });
+    match words.next().as_deref() {
+        Some("PRAGMA") => {
+            let name = words.next().unwrap_or_default();
+            let assigns = tokens
+                .iter()
+                .any(|t| matches!(t, Token::Other(o) if o.contains('=')));
+            if assigns || !INFORMATIONAL_PRAGMAS.contains(&name.as_str()) {
+                return Err(SqlError::new(
+                    sqlstate::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "PRAGMA {} is not allowed: only informational pragmas ({}) can be used",
+                        name.to_ascii_lowercase(),
+                        INFORMATIONAL_PRAGMAS.join(", ").to_ascii_lowercase()
+                    ),
+                ));
+            }
+            Ok(())
+        }
+        Some(k @ ("ATTACH" | "DETACH" | "VACUUM")) => Err(SqlError::new(
+            sqlstate::FEATURE_NOT_SUPPORTED,
+            format!("{k} is not supported"),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The per-connection state the registered functions read.
 #[derive(Debug)]
 pub struct FunctionState {

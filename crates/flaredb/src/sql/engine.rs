@@ -131,7 +131,11 @@ impl Engine {
         let rewritten: Vec<String> = statements
             .iter()
             .enumerate()
-            .map(|(i, st)| determinism::rewrite(&st.sql).map_err(|e| e.at(i)))
+            .map(|(i, st)| {
+                determinism::check_readable(&st.sql)
+                    .and_then(|()| determinism::rewrite(&st.sql))
+                    .map_err(|e| e.at(i))
+            })
             .collect::<Result<_, _>>()?;
         let db = self.db();
         for sql in &rewritten {
@@ -581,6 +585,21 @@ mod tests {
             e.try_read(&[Statement::new("SELECT * FROM later")])
                 .unwrap()
                 .is_none()
+        );
+        // A PRAGMA that changes this replica's settings is not a read (it would make the
+        // replicas behave differently); one that only reports is.
+        for sql in [
+            "PRAGMA foreign_keys = OFF",
+            "PRAGMA recursive_triggers = 1",
+            "ATTACH ':memory:' AS other",
+        ] {
+            let r = e.try_read(&[Statement::new(sql)]);
+            assert!(!matches!(r, Ok(Some(_))), "{sql} ran as a read: {r:?}");
+        }
+        assert!(
+            e.try_read(&[Statement::new("PRAGMA table_info(x)")])
+                .unwrap()
+                .is_some()
         );
     }
 }
