@@ -94,6 +94,11 @@ pub enum NamespaceCommand {
     Drop {
         name: String,
     },
+    /// Add a flaredb member (by node name) to a namespace: it catches up, then votes.
+    AddMember {
+        namespace: String,
+        member: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

@@ -134,8 +134,7 @@ pub async fn run(args: FlaredbArgs, format: OutputFormat) -> Result<(), Failure>
                 output::print(format, &list, &["name", "mode", "members"], rows);
             }
             NamespaceCommand::Drop { name } => {
-                let _: serde_json::Value = api
-                    .delete(&format!("/api/v1/namespaces/{name}"))
+                api.delete_no_content(&format!("/api/v1/namespaces/{name}"))
                     .await
                     .map_err(runtime)?;
                 #[derive(Serialize)]
@@ -147,6 +146,28 @@ pub async fn run(args: FlaredbArgs, format: OutputFormat) -> Result<(), Failure>
                     &Dropped { dropped: name },
                     &["dropped"],
                     vec![vec![name.clone()]],
+                );
+            }
+            NamespaceCommand::AddMember { namespace, member } => {
+                let view: serde_json::Value = api
+                    .post(
+                        &format!("/api/v1/namespaces/{namespace}/members"),
+                        &serde_json::json!({"name": member}),
+                    )
+                    .await
+                    .map_err(runtime)?;
+                let members = view["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(cell)
+                    .collect::<Vec<_>>()
+                    .join(",");
+                output::print(
+                    format,
+                    &view,
+                    &["name", "members"],
+                    vec![vec![namespace.clone(), members]],
                 );
             }
         },

@@ -574,3 +574,110 @@ async fn tls_from_the_config_file() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("chmod 600"));
     assert!(!data.path().join("d2").exists());
 }
+
+/// `ultracloud flaredb …` against the flaredb that `up` runs, and psql on its wire port.
+#[tokio::test]
+async fn up_runs_flaredb_and_its_cli_and_psql_work() {
+    let cluster = up_node("").start().await.unwrap();
+    let n = cluster.node(0).info.clone();
+    let token_file = n.data_dir.join("secrets/admin-token");
+    let cli = |args: &[&str]| {
+        let out = ultracloud()
+            .args(["flaredb", "--endpoint", &n.url("rest"), "--token-file"])
+            .arg(&token_file)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = cli(&["-o", "json", "namespace", "create", "app"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let created: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let password = created["password"].as_str().unwrap().to_owned();
+    let (code, _, stderr) = cli(&["namespace", "create", "app"]);
+    assert_eq!(code, Some(1), "an existing namespace is refused: {stderr}");
+    assert!(stderr.contains("exists"), "{stderr}");
+
+    let (code, _, stderr) = cli(&[
+        "sql",
+        "-n",
+        "app",
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)",
+        "INSERT INTO t VALUES (1, 'one'), (2, 'two')",
+    ]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, stderr) = cli(&["sql", "-n", "app", "SELECT v FROM t ORDER BY id"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("one") && stdout.contains("two"), "{stdout}");
+    let (code, _, stderr) = cli(&["sql", "-n", "app", "SELEC nonsense"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("42601"), "the SQLSTATE is shown: {stderr}");
+
+    // psql on the wire port sees the same rows.
+    let out = Command::new("psql")
+        .env("PGPASSWORD", &password)
+        .args([
+            "-h",
+            &n.ip.to_string(),
+            "-p",
+            &n.port("pg").to_string(),
+            "-U",
+            "app",
+            "-d",
+            "app",
+            "-A",
+            "-t",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SELECT count(*) FROM t",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "2");
+
+    // Backup, change, restore: the backup's contents come back. The file is private.
+    let dir = tempfile::tempdir().unwrap();
+    let backup = dir.path().join("app.backup");
+    let (code, _, stderr) = cli(&["backup", "-n", "app", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(mode(&backup), 0o600);
+    cli(&["sql", "-n", "app", "DELETE FROM t"]);
+    let (code, _, stderr) = cli(&["restore", "-n", "app", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let count = || {
+        let (_, stdout, _) = cli(&[
+            "-o",
+            "json",
+            "sql",
+            "-n",
+            "app",
+            "SELECT count(*) AS n FROM t",
+        ]);
+        let answer: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+        answer["results"][0]["rows"][0][0].as_i64()
+    };
+    assert_eq!(count(), Some(2));
+    // A damaged backup is refused and changes nothing.
+    std::fs::write(&backup, b"not a backup").unwrap();
+    let (code, _, stderr) = cli(&["restore", "-n", "app", backup.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "a bad input file is a usage error: {stderr}");
+    assert_eq!(count(), Some(2), "unchanged");
+
+    let (code, stdout, stderr) = cli(&["namespace", "list"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("app"), "{stdout}");
+    let (code, _, stderr) = cli(&["namespace", "drop", "app"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, _, _) = cli(&["sql", "-n", "app", "SELECT 1"]);
+    assert_eq!(code, Some(1), "a dropped namespace is gone");
+}
