@@ -1,9 +1,11 @@
-//! `uc-bench-loadgen`: the load generator of `bench/chainfire`.
+//! `uc-bench-loadgen`: the load generator of `bench/chainfire` and `bench/flaredb`.
 //!
 //! `run` drives one workload (`put`, `get` or `watch`) against etcd v3 endpoints — real etcd or
-//! chainfire, the wire is the same — and prints one JSON line of results. `report` reads a file
-//! of those lines and prints the chainfire/etcd comparison table.
+//! chainfire, the wire is the same — and prints one JSON line of results. `pg` does the same
+//! over the PostgreSQL wire protocol (`insert`, `select`, `batch`) — real PostgreSQL or
+//! flaredb. `report` reads a file of those lines and prints the comparison table.
 
+mod pg;
 mod report;
 
 use std::collections::{BTreeMap, HashMap};
@@ -20,7 +22,7 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(
     name = "uc-bench-loadgen",
-    about = "etcd v3 load generator (bench/chainfire)"
+    about = "etcd v3 and PostgreSQL-protocol load generator (bench/chainfire, bench/flaredb)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -31,7 +33,9 @@ struct Cli {
 enum Command {
     /// Run one workload and print one JSON line of results on stdout.
     Run(Box<RunArgs>),
-    /// Print the chainfire/etcd table from a file of `run` JSON lines.
+    /// Run one PostgreSQL-protocol workload and print one JSON line of results on stdout.
+    Pg(Box<pg::PgArgs>),
+    /// Print the comparison table from a file of `run`/`pg` JSON lines.
     Report(report::ReportArgs),
 }
 
@@ -139,6 +143,12 @@ pub struct Outcome {
     pub error_messages: BTreeMap<String, u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub watch: Option<WatchDetail>,
+    /// pg batch: `ops` are rows, latencies are per transaction.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<pg::BatchDetail>,
+    /// pg insert and batch: rows in the table afterwards versus writes acknowledged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub row_check: Option<pg::RowCheck>,
     /// CPU seconds (user + system) the load generator used, set-up and warm-up included.
     #[serde(default)]
     pub loadgen_cpu_s: f64,
@@ -735,6 +745,7 @@ async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run(*args).await,
+        Command::Pg(args) => pg::run(*args).await,
         Command::Report(args) => report::print(&args),
     };
     match result {

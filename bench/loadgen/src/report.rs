@@ -1,7 +1,10 @@
-//! `report`: the chainfire/etcd table from a file of `run` results.
+//! `report`: the comparison table (chainfire/etcd, flaredb/PostgreSQL) from a file of `run` and
+//! `pg` results.
 //!
-//! Each result names its `system` (`etcd` or `chainfire`) and `cluster` (`1-node`, …) in its
-//! tags; results of the same cluster, workload and concurrency form one row.
+//! Each result names its `system` (`etcd`, `chainfire`, `postgresql`, `flaredb`) and `cluster`
+//! (`1-node`, …) in its tags; results of the same cluster, workload and concurrency form one
+//! row. With `--baseline-cluster`, the baseline's results of that cluster (a single PostgreSQL
+//! server) are compared with the system's results of every cluster.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -20,6 +23,10 @@ pub struct ReportArgs {
     /// The system in the denominator.
     #[arg(long, default_value = "etcd")]
     baseline: String,
+    /// The baseline ran only as this cluster (e.g. `server`): compare its results with the
+    /// system's results of every cluster.
+    #[arg(long)]
+    baseline_cluster: Option<String>,
 }
 
 #[derive(Default)]
@@ -48,6 +55,13 @@ fn label(o: &Outcome) -> String {
         "watch" => format!(
             "watch 1 writer → {} watchers (events)",
             o.watch.as_ref().map(|w| w.watchers).unwrap_or(0)
+        ),
+        "insert" => format!("insert c={} (autocommit, 1 row)", o.concurrency),
+        "select" => format!("select c={} (by primary key)", o.concurrency),
+        "batch" => format!(
+            "batch c={}: {}-row txn (ops = rows)",
+            o.concurrency,
+            o.batch.as_ref().map_or(0, |b| b.batch_size)
         ),
         other => format!("{other} c={}", o.concurrency),
     }
@@ -84,6 +98,23 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     }
 
     let (cf, base) = (args.system.as_str(), args.baseline.as_str());
+    if let Some(bc) = &args.baseline_cluster {
+        // The baseline's rows of its one cluster, by workload; every other cluster borrows them.
+        let baseline: BTreeMap<String, Outcome> = rows
+            .iter()
+            .filter(|r| &r.cluster == bc)
+            .filter_map(|r| Some((r.workload.clone(), r.by_system.get(base)?.clone())))
+            .collect();
+        for row in &mut rows {
+            if !row.by_system.contains_key(base)
+                && let Some(o) = baseline.get(&row.workload)
+            {
+                row.by_system.insert(base.to_owned(), o.clone());
+            }
+        }
+        // Rows of the baseline alone (its own cluster name) are shown in every other row.
+        rows.retain(|r| r.by_system.contains_key(cf) || !baseline.contains_key(&r.workload));
+    }
     let header: Vec<String> = vec![
         "cluster".into(),
         "workload".into(),
@@ -130,9 +161,23 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     println!(
         "ops ratio = {cf}/{base} throughput (>1: {cf} faster); p99 ratio = {cf}/{base} p99 latency (>1: {cf} slower)."
     );
-    println!(
-        "watch rows: ops/s = events delivered per second; latency = write acknowledged → event received."
-    );
+    if let Some(bc) = &args.baseline_cluster {
+        println!("{base} ran once ({bc}); its figures are repeated in every {cf} cluster's rows.");
+    }
+    let has = |w: &str| {
+        rows.iter()
+            .any(|r| r.by_system.values().any(|o| o.workload == w))
+    };
+    if has("watch") {
+        println!(
+            "watch rows: ops/s = events delivered per second; latency = write acknowledged → event received."
+        );
+    }
+    if has("batch") {
+        println!(
+            "batch rows: ops/s = rows committed per second; p50/p99 = time per transaction (BEGIN … COMMIT)."
+        );
+    }
 
     print_cpu(&rows, cf, base);
 
@@ -160,6 +205,60 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
         println!("\nwatch details:");
         for n in notes {
             println!("{n}");
+        }
+    }
+
+    let mut notes = Vec::new();
+    for row in &rows {
+        for (system, o) in &row.by_system {
+            if let Some(b) = &o.batch {
+                notes.push(format!(
+                    "  {system:<10} {:<8} {} transactions of {} rows in {:.1} s ({:.2}/s), mean {} ms, p50 {} ms, p99 {} ms per transaction; {:.0} rows/s",
+                    row.cluster,
+                    b.batches,
+                    b.batch_size,
+                    o.duration_s,
+                    b.batches_per_sec,
+                    ms(b.mean_batch_us),
+                    ms(o.p50_us),
+                    ms(o.p99_us),
+                    o.ops_per_sec,
+                ));
+            }
+        }
+    }
+    if !notes.is_empty() {
+        println!("\nbatch details:");
+        for n in notes {
+            println!("{n}");
+        }
+    }
+
+    let mut checks = Vec::new();
+    for row in &rows {
+        for (system, o) in &row.by_system {
+            if let Some(c) = &o.row_check {
+                checks.push(format!(
+                    "  {system:<10} {:<8} {:<40} {} rows acknowledged, {} in the table{}",
+                    row.cluster,
+                    row.workload,
+                    c.acknowledged_rows,
+                    c.rows_in_table,
+                    if c.rows_in_table < c.acknowledged_rows {
+                        " — ROWS MISSING"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+        }
+    }
+    if !checks.is_empty() {
+        println!(
+            "\nrow check (writes acknowledged during warm-up and measurement vs count(*) afterwards):"
+        );
+        for c in checks {
+            println!("{c}");
         }
     }
 
