@@ -25,10 +25,16 @@ struct Server {
 
 impl Server {
     async fn start() -> Self {
+        Self::start_with_tls(None).await
+    }
+
+    async fn start_with_tls(
+        tls: Option<Arc<pgwire::tokio::tokio_rustls::rustls::ServerConfig>>,
+    ) -> Self {
         let backend = Arc::new(LocalBackend::default());
         backend.add_namespace("app", PASSWORD);
         backend.add_namespace("other", OTHER_PASSWORD);
-        let server = PgServer::bind("127.0.0.1:0".parse().unwrap(), backend, None)
+        let server = PgServer::bind("127.0.0.1:0".parse().unwrap(), backend, tls)
             .await
             .unwrap();
         let addr = server.local_addr();
@@ -1119,4 +1125,66 @@ async fn shutdown_closes_connections_and_the_listener() {
             .await
             .is_err()
     );
+}
+
+/// With a certificate, psql connects over TLS and verifies the server (`verify-full`); the
+/// session reports SSL in use.
+#[tokio::test]
+async fn psql_connects_over_tls_when_a_certificate_is_configured() {
+    let pki = uc_testkit::pki::TestPki::new(&["localhost"]);
+    let tls = uc_runtime::tls::server_config(&uc_runtime::tls::TlsConfig {
+        cert_file: pki.server_cert.clone(),
+        key_file: pki.server_key.clone(),
+        client_ca_file: None,
+        trusted_ca_file: None,
+    })
+    .unwrap();
+    let server = Server::start_with_tls(Some(tls)).await;
+    let conninfo = format!(
+        "host=localhost port={} user=app dbname=app sslmode=verify-full sslrootcert={}",
+        server.addr.port(),
+        pki.ca.display()
+    );
+    let out = tokio::process::Command::new("/usr/bin/psql")
+        .env("PGPASSWORD", PASSWORD)
+        .args([
+            &conninfo,
+            "-X",
+            "-A",
+            "-t",
+            "-c",
+            "SELECT 40 + 2",
+            "-c",
+            "\\conninfo",
+        ])
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.starts_with("42\n"), "{stdout}");
+    assert!(
+        stdout.contains("SSL connection (protocol: TLSv1.3"),
+        "{stdout}"
+    );
+
+    // A client that trusts another CA refuses the server.
+    let other = uc_testkit::pki::TestPki::new(&["localhost"]);
+    let conninfo = format!(
+        "host=localhost port={} user=app dbname=app sslmode=verify-full sslrootcert={}",
+        server.addr.port(),
+        other.ca.display()
+    );
+    let out = tokio::process::Command::new("/usr/bin/psql")
+        .env("PGPASSWORD", PASSWORD)
+        .args([&conninfo, "-X", "-c", "SELECT 1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    server.stop().await;
 }

@@ -26,6 +26,7 @@
 #![allow(unsafe_code)] // pre_exec, to tie child lifetimes to the test process
 
 pub mod linearizability;
+pub mod pki;
 
 use std::collections::{BTreeMap, HashSet};
 use std::fs::{self, File, OpenOptions};

@@ -484,33 +484,10 @@ fn version_prints_table_or_json() {
     assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
 }
 
-fn write_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca_params, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let (ca_path, cert_path, key_path) = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&ca_path, ca_cert.pem()).unwrap();
-    std::fs::write(&cert_path, cert.pem()).unwrap();
-    uc_runtime::secret::write_secret_file(&key_path, key.serialize_pem().as_bytes()).unwrap();
-    (ca_path, cert_path, key_path)
-}
-
 #[tokio::test]
 async fn tls_from_the_config_file() {
-    let pki = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = write_tls_files(pki.path());
+    let pki = uc_testkit::pki::TestPki::new(&["localhost"]);
+    let (ca, cert, key) = (&pki.ca, &pki.server_cert, &pki.server_key);
     let port = free_port(std::net::Ipv4Addr::LOCALHOST);
     let data = tempfile::tempdir().unwrap();
     let config = data.path().join("node.toml");
