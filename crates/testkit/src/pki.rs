@@ -35,9 +35,7 @@ impl TestPki {
             params
                 .distinguished_name
                 .push(DnType::CommonName, names[0].clone());
-            let cert = params
-                .signed_by(&key, &issuer)
-                .expect("certificate");
+            let cert = params.signed_by(&key, &issuer).expect("certificate");
             (cert.pem(), key.serialize_pem())
         };
         let (server_cert, server_key) = leaf(server_names.iter().map(|n| n.to_string()).collect());

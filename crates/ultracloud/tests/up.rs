@@ -2,7 +2,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -521,7 +521,7 @@ async fn tls_from_the_config_file() {
     uc_runtime::tls::ensure_crypto_provider();
     let https = reqwest::Client::builder()
         .no_proxy()
-        .tls_certs_merge([reqwest::Certificate::from_pem(&std::fs::read(&ca).unwrap()).unwrap()])
+        .tls_certs_merge([reqwest::Certificate::from_pem(&std::fs::read(ca).unwrap()).unwrap()])
         .build()
         .unwrap();
     let url = format!("https://localhost:{port}/healthz");
@@ -538,7 +538,7 @@ async fn tls_from_the_config_file() {
     assert!(child.wait().unwrap().success());
 
     // A key others can read is refused before anything starts.
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o644)).unwrap();
     let out = ultracloud()
         .arg("up")
         .arg("--config")
