@@ -637,7 +637,24 @@ impl<A: App> Inner<A> {
         }
     }
 
+    /// Runs a membership operation on the leader. Changes are serialized by Raft: while a
+    /// previous one (e.g. an automatic promotion) is still in its joint phase, wait for it.
     async fn local_admin(&self, op: AdminOp) -> Result<(), ForwardError> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match self.local_admin_once(op.clone()).await {
+                Err(ForwardError::Failed(m))
+                    if m.starts_with(MEMBERSHIP_CHANGE_IN_PROGRESS)
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn local_admin_once(&self, op: AdminOp) -> Result<(), ForwardError> {
         if !self.believes_leader() {
             return Err(ForwardError::NotLeader {
                 leader: self.leader_hint(),
@@ -701,10 +718,17 @@ impl<A: App> Inner<A> {
                     leader: f.leader_id.zip(f.leader_node),
                 })
             }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(
+                openraft::error::ChangeMembershipError::InProgress(e),
+            ))) => Err(ForwardError::Failed(format!(
+                "{MEMBERSHIP_CHANGE_IN_PROGRESS}: {e}"
+            ))),
             Err(e) => Err(ForwardError::Failed(e.to_string())),
         }
     }
 }
+
+const MEMBERSHIP_CHANGE_IN_PROGRESS: &str = "another membership change is in progress";
 
 /// A learner is caught up when it has replicated all but the last few entries.
 const CAUGHT_UP_LAG: u64 = 64;
