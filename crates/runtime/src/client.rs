@@ -165,6 +165,13 @@ impl ApiClient {
             .await
     }
 
+    /// A bodiless POST whose success has no body (204); sent once.
+    pub async fn post_no_content(&self, path: &str) -> Result<(), ClientError> {
+        self.call_raw(Method::POST, path, None, None, Repeat::ConnectOnly)
+            .await
+            .map(|_| ())
+    }
+
     /// A DELETE whose success has no body (204).
     pub async fn delete_no_content(&self, path: &str) -> Result<(), ClientError> {
         self.call_raw(Method::DELETE, path, None, None, Repeat::Idempotent)
