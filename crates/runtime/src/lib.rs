@@ -6,6 +6,8 @@
 //! - [`client`]: a typed HTTP client with timeouts, retries and bearer auth.
 //! - [`log`]: tracing setup, text or JSON.
 //! - [`secret`]: a redacting wrapper for secrets and 0600 secret files.
+//! - [`auth`] and [`token`]: the auth hook, UltraCloud access tokens (signing, offline
+//!   verification with cached JWKS) and permission checks.
 
 pub mod auth;
 pub mod client;
@@ -18,6 +20,7 @@ pub mod metrics;
 pub mod secret;
 pub mod shutdown;
 pub mod tls;
+pub mod token;
 
 pub use component::NodeContext;
 pub use error::{ApiError, ErrorBody, ErrorDetail};
