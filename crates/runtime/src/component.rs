@@ -17,8 +17,12 @@ pub struct NodeContext {
     /// The node's data directory; a component keeps its state in `data_dir/<component>`.
     pub data_dir: PathBuf,
     pub http: HttpConfig,
-    /// Verifies callers' bearer tokens.
+    /// Verifies callers of infrastructure APIs (chainfire, flaredb, Raft peers, the node
+    /// server): only the operator's admin token / the service token.
     pub auth: Arc<dyn Authenticator>,
+    /// Verifies callers of tenant-facing APIs: iam access tokens (offline, against iam's
+    /// published keys) and the admin token as the operator.
+    pub tenant_auth: Arc<dyn Authenticator>,
     /// The credential this node presents to peers and to other components.
     pub service_token: Secret<String>,
 }

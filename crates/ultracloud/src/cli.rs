@@ -39,6 +39,8 @@ pub enum Command {
     Chainfire(ChainfireArgs),
     /// flaredb (the replicated SQL/KV store): SQL, namespaces, backups.
     Flaredb(FlaredbArgs),
+    /// Identities, roles, bindings, credentials, tokens and signing keys.
+    Iam(IamArgs),
 }
 
 #[derive(Debug, Args)]
@@ -216,4 +218,136 @@ pub enum Component {
     Chainfire,
     /// The replicated SQL/KV store (needs a reachable chainfire).
     Flaredb,
+    /// Identities, tokens and authorization (needs a reachable flaredb and its namespace).
+    Iam,
+}
+
+#[derive(Debug, Args)]
+pub struct IamArgs {
+    /// iam's URL.
+    #[arg(long, default_value = "http://127.0.0.1:8083", global = true)]
+    pub endpoint: String,
+    #[command(flatten)]
+    pub client: ClientArgs,
+    #[command(subcommand)]
+    pub command: IamCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum IamCommand {
+    /// Organizations (tenants); creating and deleting is for the operator.
+    Org {
+        #[command(subcommand)]
+        command: ObjectCommand,
+    },
+    Project {
+        #[arg(long, global = true)]
+        org: Option<String>,
+        #[command(subcommand)]
+        command: ObjectCommand,
+    },
+    User {
+        #[arg(long, global = true)]
+        org: Option<String>,
+        #[command(subcommand)]
+        command: ObjectCommand,
+    },
+    /// Service accounts.
+    Sa {
+        #[arg(long, global = true)]
+        org: Option<String>,
+        #[command(subcommand)]
+        command: ObjectCommand,
+    },
+    Group {
+        #[arg(long, global = true)]
+        org: Option<String>,
+        #[command(subcommand)]
+        command: ObjectCommand,
+    },
+    /// List roles, or create one with --name and --permission (repeatable).
+    Role {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long = "permission")]
+        permissions: Vec<String>,
+    },
+    /// List bindings, or bind --principal to --role (optionally in --project).
+    Binding {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        role: Option<String>,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    /// List API keys, create one for --principal (shown once), or --revoke ID.
+    Credential {
+        #[arg(long)]
+        org: Option<String>,
+        #[arg(long)]
+        principal: Option<String>,
+        #[arg(long)]
+        revoke: Option<String>,
+    },
+    /// Get an access token.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+    /// Signing keys (operator).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ObjectCommand {
+    Create {
+        name: String,
+        /// Users: a file holding the initial password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    List,
+    Delete {
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    Password {
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        username: String,
+        #[arg(long)]
+        password_file: PathBuf,
+        #[arg(long)]
+        project: Option<String>,
+    },
+    ApiKey {
+        #[arg(long)]
+        api_key_file: PathBuf,
+        #[arg(long)]
+        project: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    List,
+    /// A new active signing key; the current one keeps verifying until retired.
+    Rotate,
+    Retire {
+        kid: String,
+        #[arg(long)]
+        force: bool,
+    },
 }

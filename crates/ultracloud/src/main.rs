@@ -4,6 +4,7 @@
 mod chainfire_cli;
 mod cli;
 mod flaredb_cli;
+mod iam_cli;
 mod node;
 mod node_config;
 mod output;
@@ -45,6 +46,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => run_async(up::serve(args)),
         Command::Chainfire(args) => run_async(chainfire_cli::run(args.command, cli.output)),
         Command::Flaredb(args) => run_async(flaredb_cli::run(args, cli.output)),
+        Command::Iam(args) => run_async(iam_cli::run(args, cli.output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

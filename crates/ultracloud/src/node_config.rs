@@ -20,6 +20,7 @@ pub struct NodeConfig {
     pub auth: AuthConfig,
     pub chainfire: chainfire::ChainfireConfig,
     pub flaredb: flaredb::config::FlaredbConfig,
+    pub iam: iam::IamConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -56,6 +57,9 @@ impl Default for NodeSection {
 pub struct AuthConfig {
     /// File (mode 0600) holding the admin token; default `<data_dir>/secrets/admin-token`.
     pub admin_token_file: Option<PathBuf>,
+    /// iam's URL, whose `/v1/jwks` verifies access tokens; default the node's own iam
+    /// (`http(s)://<bind>:<iam.port>`).
+    pub iam_url: Option<String>,
 }
 
 impl NodeConfig {
@@ -80,6 +84,8 @@ impl NodeConfig {
         }
         chainfire::check_config(&cfg.chainfire).map_err(|e| Failure::Config(e.to_string()))?;
         flaredb::server::check_config(&cfg.flaredb).map_err(|e| Failure::Config(e.to_string()))?;
+        iam::server::check_bootstrap(&cfg.iam, cfg.auth.admin_token_file.is_some())
+            .map_err(|e| Failure::Config(e.to_string()))?;
         if cfg.http.max_body_bytes == 0 {
             return Err(Failure::Config(
                 "config key `http.max_body_bytes`: must be greater than 0".to_owned(),
@@ -99,6 +105,7 @@ impl NodeConfig {
     pub fn context(
         &self,
         auth: std::sync::Arc<dyn uc_runtime::auth::Authenticator>,
+        tenant_auth: std::sync::Arc<dyn uc_runtime::auth::Authenticator>,
         service_token: uc_runtime::Secret<String>,
     ) -> uc_runtime::NodeContext {
         uc_runtime::NodeContext {
@@ -107,6 +114,7 @@ impl NodeConfig {
             data_dir: self.node.data_dir.clone(),
             http: self.http.clone(),
             auth,
+            tenant_auth,
             service_token,
         }
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use serde::Serialize;
-use uc_runtime::auth::{Authenticator, StaticTokenAuthenticator};
+use uc_runtime::auth::Authenticator;
 use uc_runtime::config::Override;
 use uc_runtime::{Secret, Shutdown};
 
@@ -124,6 +124,93 @@ async fn start_flaredb(
     })
 }
 
+/// Creates iam's flaredb namespace on first start and keeps its password with the node's
+/// secrets (0600); later starts reuse it.
+async fn ensure_iam_namespace(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    flaredb: &Started,
+    paths: &SecretPaths,
+) -> Result<(), Failure> {
+    let password_file = cfg
+        .iam
+        .flaredb_password_file
+        .clone()
+        .unwrap_or_else(|| paths.dir.join("iam-flaredb-password"));
+    if password_file.exists() {
+        return Ok(());
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while flaredb.readiness.check().is_err() {
+        if std::time::Instant::now() > deadline {
+            return Err(Failure::Runtime(anyhow::anyhow!(
+                "flaredb did not become ready; cannot create iam's namespace"
+            )));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let api = uc_runtime::client::ApiClient::new(
+        &flaredb.endpoints[0].url,
+        uc_runtime::client::ClientOptions {
+            token: Some(ctx.service_token.clone()),
+            ca_file: ctx.trusted_ca_file().map(ToOwned::to_owned),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Failure::Runtime(e.into()))?;
+    let created: flaredb::rest::CreatedNamespace = api
+        .post(
+            "/api/v1/namespaces",
+            &serde_json::json!({"name": cfg.iam.flaredb_namespace, "mode": "strong"}),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "cannot create flaredb namespace {:?} for iam",
+                cfg.iam.flaredb_namespace
+            )
+        })?;
+    uc_runtime::secret::write_secret_file(&password_file, created.password.as_bytes())
+        .with_context(|| format!("cannot write {}", password_file.display()))?;
+    tracing::info!(path = %password_file.display(), "created iam's flaredb namespace");
+    Ok(())
+}
+
+async fn start_iam(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    default_flaredb: String,
+) -> Result<Started, Failure> {
+    let boot = iam::server::Bootstrap {
+        secrets_dir: SecretPaths::new(&cfg.node.data_dir).dir,
+        admin_token_explicit: cfg.auth.admin_token_file.is_some(),
+        default_flaredb,
+    };
+    let running = iam::server::start(ctx, cfg.iam.clone(), boot, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            iam::server::StartError::Config(m) => Failure::Config(m),
+            iam::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    Ok(Started {
+        name: "iam",
+        readiness: running.readiness.clone(),
+        endpoints: vec![Endpoint {
+            component: "iam".into(),
+            url: running.url.clone(),
+        }],
+        health: vec![("iam".into(), format!("{}/healthz", running.url))],
+        task: running.task,
+        _lock: DirLock::acquire(&ctx.component_dir("iam"))?,
+    })
+}
+
+/// The node's own flaredb REST URL.
+fn local_flaredb_url(cfg: &NodeConfig, ctx: &uc_runtime::NodeContext) -> String {
+    format!("{}://{}", ctx.scheme(), ctx.listen(cfg.flaredb.rest_port))
+}
+
 /// The node's own chainfire client URL, for components that record state there.
 fn local_chainfire_url(cfg: &NodeConfig, ctx: &uc_runtime::NodeContext) -> String {
     cfg.chainfire
@@ -176,7 +263,9 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let chainfire = start_chainfire(&cfg, &ctx, &shutdown).await?;
     let chainfire_url = chainfire.endpoints[0].url.clone();
     let flaredb = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
-    let started = vec![chainfire, flaredb];
+    ensure_iam_namespace(&cfg, &ctx, &flaredb, &paths).await?;
+    let iam = start_iam(&cfg, &ctx, &shutdown, flaredb.endpoints[0].url.clone()).await?;
+    let started = vec![chainfire, flaredb, iam];
     let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
         &cfg.http,
@@ -250,13 +339,43 @@ async fn mirror_readiness(
     }
 }
 
+/// Infrastructure APIs accept only the node's admin token; tenant-facing APIs accept iam's
+/// access tokens (verified offline against iam's published keys) and the admin token.
 fn context(
     cfg: &NodeConfig,
     admin_token: Secret<String>,
 ) -> (Arc<dyn Authenticator>, uc_runtime::NodeContext) {
-    let auth: Arc<dyn Authenticator> =
-        Arc::new(StaticTokenAuthenticator::admin(admin_token.clone()));
-    let ctx = cfg.context(auth.clone(), admin_token);
+    let scheme = if cfg.http.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let iam_url = cfg
+        .auth
+        .iam_url
+        .clone()
+        .unwrap_or_else(|| format!("{scheme}://{}", cfg.listen(cfg.iam.port)));
+    let verifier = Arc::new(uc_runtime::token::Verifier::new(
+        &cfg.iam.issuer,
+        uc_runtime::token::DEFAULT_AUDIENCE,
+    ));
+    let tenant_auth: Arc<dyn Authenticator> = Arc::new(uc_runtime::token::JwksAuthenticator::new(
+        verifier,
+        format!("{}/v1/jwks", iam_url.trim_end_matches('/')),
+        uc_runtime::client::ClientOptions {
+            ca_file: cfg
+                .http
+                .tls
+                .as_ref()
+                .and_then(|t| t.trusted_ca_file.clone()),
+            ..Default::default()
+        },
+        Some(admin_token.clone()),
+    ));
+    let auth: Arc<dyn Authenticator> = Arc::new(uc_runtime::auth::StaticTokenAuthenticator::admin(
+        admin_token.clone(),
+    ));
+    let ctx = cfg.context(auth.clone(), tenant_auth, admin_token);
     (auth, ctx)
 }
 
@@ -321,6 +440,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Component::Flaredb => {
             let chainfire_url = local_chainfire_url(&cfg, &ctx);
             let started = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
+            let _ = started.task.await;
+        }
+        Component::Iam => {
+            let flaredb_url = local_flaredb_url(&cfg, &ctx);
+            let started = start_iam(&cfg, &ctx, &shutdown, flaredb_url).await?;
             let _ = started.task.await;
         }
     }

@@ -26,12 +26,12 @@ fn ultracloud() -> Command {
 /// One `ultracloud up` under uc-testkit, with `extra` appended to its config.
 fn up_node(extra: &'static str) -> ClusterBuilder {
     Cluster::builder(1)
-        .ports(&["node", "client", "peer", "admin", "rest", "pg", "fpeer"])
+        .ports(&["node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam"])
         .config(move |n, _| {
             format!(
                 "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
                  [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
-                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n{extra}",
+                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n[iam]\nport = {}\n{extra}",
                 n.ip,
                 n.port("node"),
                 n.port("client"),
@@ -40,6 +40,7 @@ fn up_node(extra: &'static str) -> ClusterBuilder {
                 n.port("rest"),
                 n.port("pg"),
                 n.port("fpeer"),
+                n.port("iam"),
             )
         })
         .args(|n| {
@@ -486,7 +487,9 @@ fn version_prints_table_or_json() {
 
 #[tokio::test]
 async fn tls_from_the_config_file() {
-    let pki = uc_testkit::pki::TestPki::new(&["localhost"]);
+    // Components call each other over TLS too (flaredb → chainfire, up → flaredb), by IP:
+    // the certificate names it and the node trusts its CA.
+    let pki = uc_testkit::pki::TestPki::new(&["localhost", "127.0.0.1"]);
     let (ca, cert, key) = (&pki.ca, &pki.server_cert, &pki.server_key);
     let port = free_port(std::net::Ipv4Addr::LOCALHOST);
     let data = tempfile::tempdir().unwrap();
@@ -494,11 +497,13 @@ async fn tls_from_the_config_file() {
     std::fs::write(
         &config,
         format!(
-            "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
+            "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\ntrusted_ca_file = \"{}\"\n\
              [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
-             [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n",
+             [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n[iam]\nport = {}\n",
             cert.display(),
             key.display(),
+            ca.display(),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),

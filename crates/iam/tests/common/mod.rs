@@ -1,0 +1,149 @@
+//! `ultracloud up` (chainfire + flaredb + iam in one process) under uc-testkit, and a small
+//! HTTP helper for iam's API.
+
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use uc_testkit::{Cluster, Ready};
+
+pub struct Cloud {
+    pub cluster: Cluster,
+    pub iam_url: String,
+    pub admin_token: String,
+}
+
+pub async fn up(extra: &'static str) -> Cloud {
+    let cluster = Cluster::builder(1)
+        .ports(&[
+            "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam",
+        ])
+        .config(move |n, _| {
+            format!(
+                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 1\n\
+                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
+                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n\
+                 [iam]\nport = {}\n{extra}",
+                n.ip,
+                n.port("node"),
+                n.port("client"),
+                n.port("peer"),
+                n.port("admin"),
+                n.port("rest"),
+                n.port("pg"),
+                n.port("fpeer"),
+                n.port("iam"),
+            )
+        })
+        .args(|n| {
+            vec![
+                "up".into(),
+                "--config".into(),
+                n.config_path.display().to_string(),
+                "--data-dir".into(),
+                n.data_dir.display().to_string(),
+            ]
+        })
+        .ready(Ready::http("node", "/readyz"))
+        .start()
+        .await
+        .expect("ultracloud up starts");
+    let info = cluster.node(0).info.clone();
+    let admin_token = std::fs::read_to_string(info.data_dir.join("secrets/admin-token"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    Cloud {
+        iam_url: info.url("iam"),
+        cluster,
+        admin_token,
+    }
+}
+
+/// One call to iam: (status, JSON body or Null).
+pub async fn call(
+    base: &str,
+    token: Option<&str>,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut req = uc_testkit::http_client()
+        .request(method, format!("{base}{path}"))
+        .timeout(Duration::from_secs(20));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(b) = body {
+        req = req.json(&b);
+    }
+    let r = req.send().await.expect("iam answers");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+impl Cloud {
+    pub async fn admin(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        let (s, b) = call(&self.iam_url, Some(&self.admin_token), method, path, body).await;
+        assert!((200..300).contains(&s), "{path}: {s} {b}");
+        b
+    }
+
+    pub async fn as_(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.iam_url, Some(token), method, path, body).await
+    }
+
+    /// A token for a user by password.
+    pub async fn login(&self, org: &str, user: &str, password: &str) -> (u16, Value) {
+        call(
+            &self.iam_url,
+            None,
+            reqwest::Method::POST,
+            "/v1/tokens",
+            Some(json!({"grant_type": "password", "org": org, "username": user, "password": password})),
+        )
+        .await
+    }
+
+    pub async fn token(&self, org: &str, user: &str, password: &str) -> String {
+        let (s, b) = self.login(org, user, password).await;
+        assert_eq!(s, 200, "{b}");
+        b["access_token"].as_str().unwrap().to_owned()
+    }
+
+    /// An organization with an admin user (bound to the built-in admin role); returns
+    /// (org id, user id).
+    pub async fn tenant(&self, org: &str, user: &str, password: &str) -> (String, String) {
+        let o = self
+            .admin(
+                reqwest::Method::POST,
+                "/v1/orgs",
+                Some(json!({"name": org})),
+            )
+            .await;
+        let org_id = o["id"].as_str().unwrap().to_owned();
+        let u = self
+            .admin(
+                reqwest::Method::POST,
+                &format!("/v1/orgs/{org_id}/users"),
+                Some(json!({"name": user, "password": password})),
+            )
+            .await;
+        let user_id = u["id"].as_str().unwrap().to_owned();
+        self.admin(
+            reqwest::Method::POST,
+            &format!("/v1/orgs/{org_id}/bindings"),
+            Some(json!({"principal_id": user_id, "role": "admin"})),
+        )
+        .await;
+        (org_id, user_id)
+    }
+}
