@@ -163,6 +163,10 @@ pub struct Outcome {
     /// Added by run.sh: bytes the servers caused to be written to disk (`/proc/PID/io`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub server_disk_write_bytes: Option<u64>,
+    /// Added by bench/flaredb/run.sh: bytes written to the data directories' block device
+    /// (`/proc/diskstats`; every writer on the machine counts). Preferred by the report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_write_bytes: Option<u64>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -181,13 +181,16 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
 
     print_cpu(&rows, cf, base);
 
+    // Each result once, under its own cluster (a borrowed baseline appears in several rows).
+    let results = each_result(&rows);
+
     let mut notes = Vec::new();
-    for row in &rows {
-        for (system, o) in &row.by_system {
+    for &(system, cluster, _, o) in &results {
+        {
             if let Some(w) = &o.watch {
                 notes.push(format!(
                     "  {system:<10} {:<7} writes/s {:.0} (put p50 {} ms, p99 {} ms); events {}/{} expected, {} missing, {} before the ack; send→event p50 {} ms, p99 {} ms",
-                    row.cluster,
+                    cluster,
                     w.writes_per_sec,
                     ms(w.write_p50_us),
                     ms(w.write_p99_us),
@@ -209,12 +212,12 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     }
 
     let mut notes = Vec::new();
-    for row in &rows {
-        for (system, o) in &row.by_system {
+    for &(system, cluster, _, o) in &results {
+        {
             if let Some(b) = &o.batch {
                 notes.push(format!(
-                    "  {system:<10} {:<8} {} transactions of {} rows in {:.1} s ({:.2}/s), mean {} ms, p50 {} ms, p99 {} ms per transaction; {:.0} rows/s",
-                    row.cluster,
+                    "  {system:<10} {:<13} {} transactions of {} rows in {:.1} s ({:.2}/s), mean {} ms, p50 {} ms, p99 {} ms per transaction; {:.0} rows/s",
+                    cluster,
                     b.batches,
                     b.batch_size,
                     o.duration_s,
@@ -235,13 +238,13 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     }
 
     let mut checks = Vec::new();
-    for row in &rows {
-        for (system, o) in &row.by_system {
+    for &(system, cluster, workload, o) in &results {
+        {
             if let Some(c) = &o.row_check {
                 checks.push(format!(
-                    "  {system:<10} {:<8} {:<40} {} rows acknowledged, {} in the table{}",
-                    row.cluster,
-                    row.workload,
+                    "  {system:<10} {:<13} {:<36} {} rows acknowledged, {} in the table{}",
+                    cluster,
+                    workload,
                     c.acknowledged_rows,
                     c.rows_in_table,
                     if c.rows_in_table < c.acknowledged_rows {
@@ -263,14 +266,11 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     }
 
     let mut errors = Vec::new();
-    for row in &rows {
-        for (system, o) in &row.by_system {
-            for (message, count) in &o.error_messages {
-                errors.push(format!(
-                    "  {system} {} {}: {count} × {message}",
-                    row.cluster, row.workload
-                ));
-            }
+    for &(system, cluster, workload, o) in &results {
+        for (message, count) in &o.error_messages {
+            errors.push(format!(
+                "  {system} {cluster} {workload}: {count} × {message}"
+            ));
         }
     }
     if !errors.is_empty() {
@@ -282,8 +282,28 @@ pub fn print(args: &ReportArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `(system, cluster, workload, result)` of every result once, the cluster being the result's
+/// own `cluster` tag (a baseline borrowed by other clusters' rows is listed under its own).
+fn each_result(rows: &[Row]) -> Vec<(&str, &str, &str, &Outcome)> {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut out = Vec::new();
+    for row in rows {
+        for (system, o) in &row.by_system {
+            let cluster = o.tags.get("cluster").map_or("", String::as_str);
+            if seen.insert((system.as_str(), cluster, row.workload.as_str())) {
+                out.push((system.as_str(), cluster, row.workload.as_str(), o));
+            }
+        }
+    }
+    out
+}
+
 /// Server CPU per operation and the machine's other load, from the fields run.sh adds.
 fn print_cpu(rows: &[Row], cf: &str, base: &str) {
+    // Device-level writes when run.sh recorded them (bench/flaredb), else the servers' own.
+    let device = rows
+        .iter()
+        .any(|r| r.by_system.values().any(|o| o.device_write_bytes.is_some()));
     let mut table = vec![vec![
         "cluster".to_owned(),
         "workload".to_owned(),
@@ -292,7 +312,11 @@ fn print_cpu(rows: &[Row], cf: &str, base: &str) {
         format!("{base} CPU us/op"),
         format!("{cf} CPU us/op"),
         "CPU/op ratio".to_owned(),
-        format!("disk KB/op {base}/{cf}"),
+        if device {
+            format!("device KB/op {base}/{cf}")
+        } else {
+            format!("disk KB/op {base}/{cf}")
+        },
         format!("loadgen cores {base}/{cf}"),
         format!("other cores {base}/{cf}"),
     ]];
@@ -310,7 +334,12 @@ fn print_cpu(rows: &[Row], cf: &str, base: &str) {
     let disk_per_op = |o: Option<&Outcome>| {
         o.and_then(|o| {
             let ops = o.ops_per_sec * (o.duration_s + o.warmup_s);
-            (ops > 0.0).then_some(o.server_disk_write_bytes? as f64 / 1024.0 / ops)
+            let bytes = if device {
+                o.device_write_bytes?
+            } else {
+                o.server_disk_write_bytes?
+            };
+            (ops > 0.0).then_some(bytes as f64 / 1024.0 / ops)
         })
     };
     let show = |v: Option<f64>, digits: usize| v.map_or("-".into(), |v| format!("{v:.digits$}"));
@@ -353,6 +382,11 @@ fn print_cpu(rows: &[Row], cf: &str, base: &str) {
     println!(
         "`other cores` is CPU used by anything else on the machine during the measurement: near 0 when it is idle; more means the row was disturbed."
     );
+    if device {
+        println!(
+            "`device KB/op` is what the data directories' block device wrote (/proc/diskstats) per operation: every writer on the machine counts."
+        );
+    }
 }
 
 fn print_table(table: &[Vec<String>]) {
