@@ -663,3 +663,105 @@ async fn up_runs_flaredb_and_its_cli_and_psql_work() {
     let (code, _, _) = cli(&["sql", "-n", "app", "SELECT 1"]);
     assert_eq!(code, Some(1), "a dropped namespace is gone");
 }
+
+/// Production mode refuses generated bootstrap secrets, naming each missing input, and writes
+/// nothing.
+#[test]
+fn production_mode_requires_explicit_bootstrap_secrets() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("node.toml");
+    std::fs::write(&config, "[iam]\nproduction = true\n").unwrap();
+    let out = ultracloud()
+        .arg("up")
+        .arg("--config")
+        .arg(&config)
+        .arg("--data-dir")
+        .arg(data.path().join("d"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for key in [
+        "auth.admin_token_file",
+        "iam.master_key_file",
+        "iam.signing_key_file",
+    ] {
+        assert!(stderr.contains(key), "{key} named: {stderr}");
+    }
+    assert!(!data.path().join("d").exists(), "nothing written");
+}
+
+/// `ultracloud iam …` end to end: an org, a user with a password, a binding, a token.
+#[tokio::test]
+async fn iam_cli_creates_tenants_and_issues_tokens() {
+    let cluster = up_node("").start().await.unwrap();
+    let n = cluster.node(0).info.clone();
+    let token_file = n.data_dir.join("secrets/admin-token");
+    let cli = |args: &[&str]| {
+        let out = ultracloud()
+            .args(["iam", "--endpoint", &n.url("iam"), "--token-file"])
+            .arg(&token_file)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let org: serde_json::Value =
+        serde_json::from_str(&cli(&["-o", "json", "org", "create", "acme"])).unwrap();
+    assert_eq!(org["name"], "acme");
+    let dir = tempfile::tempdir().unwrap();
+    let password_file = dir.path().join("pw");
+    uc_runtime::secret::write_secret_file(&password_file, b"a-long-password-42\n").unwrap();
+    let user: serde_json::Value = serde_json::from_str(&cli(&[
+        "-o",
+        "json",
+        "user",
+        "--org",
+        "acme",
+        "create",
+        "ann",
+        "--password-file",
+        password_file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    let user_id = user["id"].as_str().unwrap();
+    cli(&[
+        "binding",
+        "--org",
+        "acme",
+        "--principal",
+        user_id,
+        "--role",
+        "member",
+    ]);
+    let roles = cli(&["role", "--org", "acme"]);
+    assert!(roles.contains("viewer"), "{roles}");
+    let token: serde_json::Value = serde_json::from_str(&cli(&[
+        "-o",
+        "json",
+        "token",
+        "password",
+        "--org",
+        "acme",
+        "--username",
+        "ann",
+        "--password-file",
+        password_file.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(
+        token["access_token"].as_str().unwrap().split('.').count(),
+        3
+    );
+    let listed = cli(&["org", "list"]);
+    assert!(listed.contains("acme"), "{listed}");
+    let keys = cli(&["key", "list"]);
+    assert!(keys.contains("active"), "{keys}");
+}
