@@ -413,6 +413,44 @@ pub struct Cluster {
 }
 
 impl Cluster {
+    /// One `ultracloud up` (every component in one process) with every component's ports
+    /// free, ready when the node's `/readyz` is (all components ready). `extra` is appended
+    /// to the generated config. Port names: node, client, peer, admin (chainfire), rest, pg,
+    /// fpeer (flaredb), iam.
+    pub fn all_in_one(extra: &'static str) -> ClusterBuilder {
+        Self::builder(1)
+            .ports(&[
+                "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam",
+            ])
+            .config(move |n, _| {
+                format!(
+                    "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
+                     [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
+                     [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n\
+                     [iam]\nport = {}\n{extra}",
+                    n.ip,
+                    n.port("node"),
+                    n.port("client"),
+                    n.port("peer"),
+                    n.port("admin"),
+                    n.port("rest"),
+                    n.port("pg"),
+                    n.port("fpeer"),
+                    n.port("iam"),
+                )
+            })
+            .args(|n| {
+                vec![
+                    "up".into(),
+                    "--config".into(),
+                    n.config_path.display().to_string(),
+                    "--data-dir".into(),
+                    n.data_dir.display().to_string(),
+                ]
+            })
+            .ready(Ready::http("node", "/readyz"))
+    }
+
     pub fn builder(nodes: usize) -> ClusterBuilder {
         assert!((1..=200).contains(&nodes), "1..=200 nodes");
         ClusterBuilder {

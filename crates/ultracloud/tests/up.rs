@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill, killpg};
 use nix::unistd::Pid;
-use uc_testkit::{Cluster, ClusterBuilder, NodeInfo, Ready, free_port, http_client, http_status};
+use uc_testkit::{Cluster, ClusterBuilder, NodeInfo, free_port, http_client, http_status};
 
 const BIN: &str = env!("CARGO_BIN_EXE_ultracloud");
 
@@ -25,34 +25,7 @@ fn ultracloud() -> Command {
 
 /// One `ultracloud up` under uc-testkit, with `extra` appended to its config.
 fn up_node(extra: &'static str) -> ClusterBuilder {
-    Cluster::builder(1)
-        .ports(&["node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam"])
-        .config(move |n, _| {
-            format!(
-                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
-                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
-                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n[iam]\nport = {}\n{extra}",
-                n.ip,
-                n.port("node"),
-                n.port("client"),
-                n.port("peer"),
-                n.port("admin"),
-                n.port("rest"),
-                n.port("pg"),
-                n.port("fpeer"),
-                n.port("iam"),
-            )
-        })
-        .args(|n| {
-            vec![
-                "up".into(),
-                "--config".into(),
-                n.config_path.display().to_string(),
-                "--data-dir".into(),
-                n.data_dir.display().to_string(),
-            ]
-        })
-        .ready(Ready::http("node", "/readyz"))
+    Cluster::all_in_one(extra)
 }
 
 fn admin_token(n: &NodeInfo) -> String {

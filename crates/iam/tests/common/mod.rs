@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use uc_testkit::{Cluster, Ready};
+use uc_testkit::Cluster;
 
 pub struct Cloud {
     pub cluster: Cluster,
@@ -15,37 +15,7 @@ pub struct Cloud {
 }
 
 pub async fn up(extra: &'static str) -> Cloud {
-    let cluster = Cluster::builder(1)
-        .ports(&[
-            "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam",
-        ])
-        .config(move |n, _| {
-            format!(
-                "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 1\n\
-                 [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
-                 [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n\
-                 [iam]\nport = {}\n{extra}",
-                n.ip,
-                n.port("node"),
-                n.port("client"),
-                n.port("peer"),
-                n.port("admin"),
-                n.port("rest"),
-                n.port("pg"),
-                n.port("fpeer"),
-                n.port("iam"),
-            )
-        })
-        .args(|n| {
-            vec![
-                "up".into(),
-                "--config".into(),
-                n.config_path.display().to_string(),
-                "--data-dir".into(),
-                n.data_dir.display().to_string(),
-            ]
-        })
-        .ready(Ready::http("node", "/readyz"))
+    let cluster = Cluster::all_in_one(extra)
         .start()
         .await
         .expect("ultracloud up starts");
