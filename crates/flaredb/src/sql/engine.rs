@@ -2,7 +2,8 @@
 //! Each request is one transaction (all its statements commit, or none); reads run on the same
 //! connection between applies.
 
-use std::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rusqlite::types::{Value, ValueRef};
 use rusqlite::{Connection, ErrorCode};
@@ -58,7 +59,14 @@ struct Db {
 
 pub struct Engine {
     db: Mutex<Db>,
+    /// Statements known to only read, with their deterministic rewrite: a repeated read skips
+    /// classifying (a trip through the connection lock) and rewriting it. Only reads are
+    /// remembered; a read stays a read whatever the schema becomes.
+    reads: Mutex<HashMap<String, Arc<str>>>,
 }
+
+/// Distinct read statements remembered before the memory is cleared.
+const READ_CACHE_LIMIT: usize = 4096;
 
 /// Largest value or statement SQLite accepts here (the request limit is enforced earlier).
 const SQLITE_MAX_LENGTH: i32 = 64 * 1024 * 1024;
@@ -84,6 +92,7 @@ impl Engine {
     pub fn new() -> Self {
         Self {
             db: Mutex::new(open().expect("an in-memory SQLite database opens")),
+            reads: Mutex::new(HashMap::new()),
         }
     }
 
@@ -113,6 +122,12 @@ impl Engine {
     /// Whether every statement only reads (a statement that cannot be prepared yet counts as
     /// a write: it may depend on an earlier statement of the same request).
     pub(crate) fn is_read_only(&self, statements: &[Statement]) -> bool {
+        {
+            let reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            if statements.iter().all(|st| reads.contains_key(&st.sql)) {
+                return true;
+            }
+        }
         let db = self.db();
         statements
             .iter()
@@ -128,22 +143,47 @@ impl Engine {
     ) -> Result<Option<Vec<StatementResult>>, SqlError> {
         // Reads are rewritten like writes: `last_insert_rowid()` would expose this replica's
         // connection history, which differs between replicas.
-        let rewritten: Vec<String> = statements
-            .iter()
-            .enumerate()
-            .map(|(i, st)| {
-                determinism::check_readable(&st.sql)
-                    .and_then(|()| determinism::rewrite(&st.sql))
-                    .map_err(|e| e.at(i))
-            })
-            .collect::<Result<_, _>>()?;
-        let db = self.db();
-        for sql in &rewritten {
-            match db.conn.prepare_cached(sql) {
-                Ok(stmt) if stmt.readonly() => {}
-                _ => return Ok(None),
+        let cached: Option<Vec<Arc<str>>> = {
+            let reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            statements
+                .iter()
+                .map(|st| reads.get(&st.sql).cloned())
+                .collect()
+        };
+        let db;
+        let rewritten = match cached {
+            Some(rewritten) => {
+                db = self.db();
+                rewritten
             }
-        }
+            None => {
+                let rewritten: Vec<Arc<str>> = statements
+                    .iter()
+                    .enumerate()
+                    .map(|(i, st)| {
+                        determinism::check_readable(&st.sql)
+                            .and_then(|()| determinism::rewrite(&st.sql))
+                            .map(Arc::from)
+                            .map_err(|e| e.at(i))
+                    })
+                    .collect::<Result<_, _>>()?;
+                db = self.db();
+                for sql in &rewritten {
+                    match db.conn.prepare_cached(sql) {
+                        Ok(stmt) if stmt.readonly() => {}
+                        _ => return Ok(None),
+                    }
+                }
+                let mut reads = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                if reads.len() >= READ_CACHE_LIMIT {
+                    reads.clear();
+                }
+                for (st, sql) in statements.iter().zip(&rewritten) {
+                    reads.insert(st.sql.clone(), sql.clone());
+                }
+                rewritten
+            }
+        };
         determinism::pin(&db.functions, Pinned::now());
         let mut out = Vec::with_capacity(statements.len());
         for (i, (st, sql)) in statements.iter().zip(&rewritten).enumerate() {
@@ -569,6 +609,33 @@ mod tests {
         c.load_image(&a.image()).unwrap();
         assert_eq!(c.checksum(), a.checksum());
         assert!(c.load_image(b"definitely not sqlite").is_err());
+    }
+
+    #[test]
+    fn remembered_reads_follow_the_data_and_schema() {
+        let e = Engine::new();
+        e.apply(&cmd(&[
+            ("CREATE TABLE m (a INTEGER)", vec![]),
+            ("INSERT INTO m VALUES (1)", vec![]),
+        ]))
+        .unwrap();
+        let read = [Statement::new("SELECT count(*) FROM m")];
+        for expected in [1, 1] {
+            assert!(e.is_read_only(&read));
+            let r = e.try_read(&read).unwrap().unwrap();
+            assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(expected)]]);
+        }
+        e.apply(&cmd(&[("INSERT INTO m VALUES (2)", vec![])]))
+            .unwrap();
+        let r = e.try_read(&read).unwrap().unwrap();
+        assert_eq!(r[0].rows, vec![vec![SqlValue::Integer(2)]]);
+        e.apply(&cmd(&[("DROP TABLE m", vec![])])).unwrap();
+        let err = e.try_read(&read).unwrap_err();
+        assert_eq!(err.sqlstate, sqlstate::UNDEFINED_TABLE);
+        // A refused read is never remembered as a read.
+        let pragma = [Statement::new("PRAGMA foreign_keys = OFF")];
+        assert!(e.try_read(&pragma).is_err());
+        assert!(e.try_read(&pragma).is_err());
     }
 
     #[test]
