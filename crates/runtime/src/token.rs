@@ -16,7 +16,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Once, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, Once, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -238,7 +238,17 @@ pub struct Verifier {
     audience: String,
     validation: Validation,
     keys: RwLock<HashMap<String, DecodingKey>>,
+    /// The published form (`kid` → `x`) of `keys`, to tell a real change from a refresh.
+    published: Mutex<HashMap<String, String>>,
+    /// Tokens already verified, by the SHA-256 of their whole text, with their claims: a
+    /// signature check costs tens of microseconds and clients repeat the same token for its
+    /// whole life. Only `exp` is checked again on a hit. Cleared whenever the key set changes
+    /// (a retired key's tokens stop verifying at once).
+    verified: Mutex<HashMap<[u8; 32], Claims>>,
 }
+
+/// Verified tokens remembered before the memory is cleared.
+const VERIFIED_CACHE_LIMIT: usize = 10_000;
 
 impl fmt::Debug for Verifier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -268,6 +278,8 @@ impl Verifier {
             audience: audience.to_owned(),
             validation,
             keys: RwLock::new(HashMap::new()),
+            published: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashMap::new()),
         }
     }
 
@@ -306,7 +318,24 @@ impl Verifier {
                 return Err(invalid("`kid` appears twice in the set".to_owned()));
             }
         }
+        let published: HashMap<String, String> = set
+            .keys
+            .iter()
+            .filter(|jwk| keys.contains_key(&jwk.kid))
+            .map(|jwk| (jwk.kid.clone(), jwk.x.clone()))
+            .collect();
+        let mut known = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         *self.keys.write().unwrap_or_else(PoisonError::into_inner) = keys;
+        if *known != published {
+            self.verified
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clear();
+            *known = published;
+        }
         Ok(())
     }
 
@@ -327,6 +356,33 @@ impl Verifier {
     /// `kid`, a good signature, `iss` and `aud` as configured, and now within
     /// `[nbf - leeway, exp + leeway]`.
     pub fn verify(&self, token: &str) -> Result<Claims, VerifyError> {
+        let digest: [u8; 32] = ring::digest::digest(&ring::digest::SHA256, token.as_bytes())
+            .as_ref()
+            .try_into()
+            .expect("SHA-256 is 32 bytes");
+        let hit = self
+            .verified
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&digest)
+            .cloned();
+        if let Some(claims) = hit {
+            let now = jsonwebtoken::get_current_timestamp() as i64;
+            if now <= claims.exp + LEEWAY_SECS as i64 {
+                return Ok(claims);
+            }
+            return Err(VerifyError::Invalid("token expired".to_owned()));
+        }
+        let claims = self.verify_signed(token)?;
+        let mut verified = self.verified.lock().unwrap_or_else(PoisonError::into_inner);
+        if verified.len() >= VERIFIED_CACHE_LIMIT {
+            verified.clear();
+        }
+        verified.insert(digest, claims.clone());
+        Ok(claims)
+    }
+
+    fn verify_signed(&self, token: &str) -> Result<Claims, VerifyError> {
         ensure_jwt_provider();
         if token.split('.').count() != 3 {
             return Err(VerifyError::Invalid(

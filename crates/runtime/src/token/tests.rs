@@ -671,3 +671,30 @@ async fn admin_token_is_the_operator_and_jwts_cannot_be() {
     assert!(auth.authenticate(admin_token).await.is_err());
     iam.stop().await;
 }
+
+#[test]
+fn verified_tokens_are_remembered_until_the_key_set_changes() {
+    let (key, verifier) = setup();
+    let token = key.sign(&claims()).unwrap();
+    assert_eq!(verifier.verify(&token).unwrap(), claims_of(&token));
+    // A hit answers the same claims.
+    assert_eq!(verifier.verify(&token).unwrap().sub, "u-1");
+    // A refresh with the same keys keeps what was verified; a tampered copy is not a hit.
+    verifier.set_keys(&set(&[&key])).unwrap();
+    assert!(verifier.verify(&token).is_ok());
+    let mut tampered = token.clone();
+    tampered.push('x');
+    assert!(verifier.verify(&tampered).is_err());
+    // Retiring the key (a new set without it) forgets its tokens at once.
+    let other = SigningKey::generate("k-2");
+    verifier.set_keys(&set(&[&other])).unwrap();
+    assert!(matches!(
+        verifier.verify(&token),
+        Err(VerifyError::UnknownKey { .. })
+    ));
+}
+
+fn claims_of(token: &str) -> Claims {
+    let payload = token.split('.').nth(1).unwrap();
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+}
