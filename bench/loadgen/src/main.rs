@@ -4,7 +4,10 @@
 //! chainfire, the wire is the same — and prints one JSON line of results. `pg` does the same
 //! over the PostgreSQL wire protocol (`insert`, `select`, `batch`) — real PostgreSQL or
 //! flaredb. `report` reads a file of those lines and prints the comparison table.
+//! `iam` measures iam (bench/iam): offline token verification, and populate / authorize /
+//! token load over iam's REST API, with its own report.
 
+mod iam;
 mod pg;
 mod report;
 
@@ -22,7 +25,7 @@ use tokio::sync::watch;
 #[derive(Debug, Parser)]
 #[command(
     name = "uc-bench-loadgen",
-    about = "etcd v3 and PostgreSQL-protocol load generator (bench/chainfire, bench/flaredb)"
+    about = "etcd v3, PostgreSQL-protocol and iam load generator (bench/chainfire, bench/flaredb, bench/iam)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -37,6 +40,8 @@ enum Command {
     Pg(Box<pg::PgArgs>),
     /// Print the comparison table from a file of `run`/`pg` JSON lines.
     Report(report::ReportArgs),
+    /// iam: token verification throughput, populate, authorize/token load, report (bench/iam).
+    Iam(Box<iam::IamArgs>),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize, Deserialize)]
@@ -751,6 +756,7 @@ async fn main() -> std::process::ExitCode {
         Command::Run(args) => run(*args).await,
         Command::Pg(args) => pg::run(*args).await,
         Command::Report(args) => report::print(&args),
+        Command::Iam(args) => iam::run(*args).await,
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
