@@ -112,7 +112,10 @@ pub async fn start(
         .map_err(bind_err)?;
     // REST routes authenticate themselves (operator token or namespace credential).
     let rest_state = RestState::new(registry.clone(), ctx.auth.clone());
+    // Services call the REST API for every query (iam several times per token): a line per
+    // successful call would drown the log.
     let rest = HttpServer::new("flaredb", ctx.http.clone(), ctx.auth.clone())
+        .quiet_access_log()
         .public(rest::routes(rest_state, config.max_request_bytes))
         .openapi(rest::FlaredbApi::openapi())
         .bind(ctx.listen(config.rest_port))

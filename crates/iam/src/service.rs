@@ -77,6 +77,7 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS roles (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, name TEXT NOT NULL, permissions TEXT NOT NULL, UNIQUE (org_id, name))",
     "CREATE TABLE IF NOT EXISTS bindings (id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE, project_id TEXT NOT NULL, principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE, role_id TEXT NOT NULL REFERENCES roles(id) ON DELETE CASCADE, created_at INTEGER NOT NULL, UNIQUE (org_id, project_id, principal_id, role_id))",
     "CREATE INDEX IF NOT EXISTS bindings_by_principal ON bindings (principal_id)",
+    "CREATE INDEX IF NOT EXISTS group_members_by_principal ON group_members (principal_id)",
     "CREATE TABLE IF NOT EXISTS credentials (id TEXT PRIMARY KEY, org_id TEXT NOT NULL REFERENCES orgs(id) ON DELETE CASCADE, principal_id TEXT NOT NULL REFERENCES principals(id) ON DELETE CASCADE, digest TEXT NOT NULL, created_at INTEGER NOT NULL, expires_at INTEGER, revoked_at INTEGER)",
     "CREATE TABLE IF NOT EXISTS signing_keys (kid TEXT PRIMARY KEY, private_key TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('active', 'previous', 'retired')), created_at INTEGER NOT NULL, rotated_at INTEGER)",
     "CREATE TABLE IF NOT EXISTS audit (seq INTEGER PRIMARY KEY, at INTEGER NOT NULL, actor TEXT NOT NULL, org_id TEXT NOT NULL, action TEXT NOT NULL, target TEXT NOT NULL, outcome TEXT NOT NULL, reason TEXT NOT NULL, request_id TEXT NOT NULL)",
@@ -1059,9 +1060,11 @@ impl Iam {
         let rows: Vec<P> = self
             .db
             .query(
+                // Driven by the principal (and its groups) through `bindings_by_principal`, so
+                // the cost follows the principal's own bindings, not the organization's.
                 "SELECT DISTINCT r.permissions FROM bindings b JOIN roles r ON r.id = b.role_id \
-                 WHERE b.org_id = $1 AND (b.project_id = '' OR b.project_id = $2) \
-                 AND (b.principal_id = $3 OR b.principal_id IN (SELECT group_id FROM group_members WHERE principal_id = $3))",
+                 WHERE b.principal_id IN (SELECT $3 UNION SELECT group_id FROM group_members WHERE principal_id = $3) \
+                 AND b.org_id = $1 AND (b.project_id = '' OR b.project_id = $2)",
                 params![org_id, project_id.unwrap_or(""), principal_id],
             )
             .await
