@@ -165,12 +165,7 @@ async fn ca_identities_authenticate_over_mtls_and_rotate_by_overlap_and_cutover(
 
     // Cutover: the old CA leaves the bundle; its identities are refused.
     let (s, b) = cloud
-        .as_(
-            &cloud.admin_token,
-            Method::POST,
-            &format!("/v1/ca/{old_ca}/retire"),
-            None,
-        )
+        .as_admin(Method::POST, &format!("/v1/ca/{old_ca}/retire"), None)
         .await;
     assert_eq!(s, 204, "{b}");
     let (_, after) = call(
@@ -209,12 +204,7 @@ async fn ca_identities_authenticate_over_mtls_and_rotate_by_overlap_and_cutover(
         json!({"name": "X", "sans": ["a"]}),
     ] {
         let (s, _) = cloud
-            .as_(
-                &cloud.admin_token,
-                Method::POST,
-                "/v1/ca/certificates",
-                Some(bad.clone()),
-            )
+            .as_admin(Method::POST, "/v1/ca/certificates", Some(bad.clone()))
             .await;
         assert_eq!(s, 400, "{bad}");
     }

@@ -228,12 +228,7 @@ async fn authorize_follows_roles_projects_groups_and_audits_denials() {
         let cloud = &cloud;
         async move {
             let (s, b) = cloud
-                .as_(
-                    &cloud.admin_token,
-                    Method::POST,
-                    "/v1/authorize",
-                    Some(body),
-                )
+                .as_admin(Method::POST, "/v1/authorize", Some(body))
                 .await;
             assert_eq!(s, 200, "{b}");
             b["allowed"].as_bool().unwrap()
@@ -284,8 +279,7 @@ async fn authorize_follows_roles_projects_groups_and_audits_denials() {
 
     // Unknown permissions are bad input.
     let (s, _) = cloud
-        .as_(
-            &cloud.admin_token,
+        .as_admin(
             Method::POST,
             "/v1/authorize",
             Some(json!({"token": vera, "permission": "plasmavmc.vm.fly", "org": org})),
@@ -349,17 +343,11 @@ async fn signing_key_rotation_keeps_old_tokens_until_retired() {
 
     // Retiring while old tokens may be valid is refused; forced, old tokens stop working.
     let (s, b) = cloud
-        .as_(
-            &cloud.admin_token,
-            Method::POST,
-            &format!("/v1/keys/{old_kid}/retire"),
-            None,
-        )
+        .as_admin(Method::POST, &format!("/v1/keys/{old_kid}/retire"), None)
         .await;
     assert_eq!(s, 409, "{b}");
     let (s, _) = cloud
-        .as_(
-            &cloud.admin_token,
+        .as_admin(
             Method::POST,
             &format!("/v1/keys/{new_kid}/retire?force=true"),
             None,
@@ -367,8 +355,7 @@ async fn signing_key_rotation_keeps_old_tokens_until_retired() {
         .await;
     assert_eq!(s, 409, "the active key cannot be retired");
     let (s, b) = cloud
-        .as_(
-            &cloud.admin_token,
+        .as_admin(
             Method::POST,
             &format!("/v1/keys/{old_kid}/retire?force=true"),
             None,
@@ -446,8 +433,7 @@ async fn api_keys_rotate_with_overlap_and_revoke_at_once() {
     let k2 = new_key().await;
     let k2_secret = k2["api_key"].as_str().unwrap().to_owned();
     let (s, _) = cloud
-        .as_(
-            &cloud.admin_token,
+        .as_admin(
             Method::POST,
             &format!(
                 "/v1/orgs/{org}/credentials/{}/revoke",
@@ -461,8 +447,7 @@ async fn api_keys_rotate_with_overlap_and_revoke_at_once() {
     assert_eq!(exchange(k2_secret.clone()).await.0, 200);
     // Revoked now: refused at once; the other key is unaffected.
     let (s, _) = cloud
-        .as_(
-            &cloud.admin_token,
+        .as_admin(
             Method::POST,
             &format!(
                 "/v1/orgs/{org}/credentials/{}/revoke",

@@ -61,6 +61,16 @@ impl Cloud {
         b
     }
 
+    /// The operator's call, returned as is (no status check).
+    pub async fn as_admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        call(&self.iam_url, Some(&self.admin_token), method, path, body).await
+    }
+
     pub async fn as_(
         &self,
         token: &str,
