@@ -124,8 +124,7 @@ async fn start_flaredb(
     })
 }
 
-/// Creates iam's flaredb namespace on first start and keeps its password with the node's
-/// secrets (0600); later starts reuse it.
+/// Creates iam's flaredb namespace on first start (see [`ensure_service_namespace`]).
 async fn ensure_iam_namespace(
     cfg: &NodeConfig,
     ctx: &uc_runtime::NodeContext,
@@ -137,6 +136,27 @@ async fn ensure_iam_namespace(
         .flaredb_password_file
         .clone()
         .unwrap_or_else(|| paths.dir.join("iam-flaredb-password"));
+    ensure_service_namespace(
+        ctx,
+        flaredb,
+        "iam",
+        &cfg.iam.flaredb_namespace,
+        &password_file,
+    )
+    .await
+}
+
+/// Creates a component's own flaredb namespace (strong mode) on first start and keeps its
+/// password in `password_file` (0600) with the node's secrets; later starts find the file
+/// and reuse the namespace. Every component that keeps metadata in flaredb calls this from
+/// `up` before it starts.
+async fn ensure_service_namespace(
+    ctx: &uc_runtime::NodeContext,
+    flaredb: &Started,
+    component: &str,
+    namespace: &str,
+    password_file: &std::path::Path,
+) -> Result<(), Failure> {
     if password_file.exists() {
         return Ok(());
     }
@@ -144,7 +164,7 @@ async fn ensure_iam_namespace(
     while flaredb.readiness.check().is_err() {
         if std::time::Instant::now() > deadline {
             return Err(Failure::Runtime(anyhow::anyhow!(
-                "flaredb did not become ready; cannot create iam's namespace"
+                "flaredb did not become ready; cannot create {component}'s namespace"
             )));
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -161,18 +181,15 @@ async fn ensure_iam_namespace(
     let created: flaredb::rest::CreatedNamespace = api
         .post(
             "/api/v1/namespaces",
-            &serde_json::json!({"name": cfg.iam.flaredb_namespace, "mode": "strong"}),
+            &serde_json::json!({"name": namespace, "mode": "strong"}),
         )
         .await
         .with_context(|| {
-            format!(
-                "cannot create flaredb namespace {:?} for iam",
-                cfg.iam.flaredb_namespace
-            )
+            format!("cannot create flaredb namespace {namespace:?} for {component}")
         })?;
-    uc_runtime::secret::write_secret_file(&password_file, created.password.as_bytes())
+    uc_runtime::secret::write_secret_file(password_file, created.password.as_bytes())
         .with_context(|| format!("cannot write {}", password_file.display()))?;
-    tracing::info!(path = %password_file.display(), "created iam's flaredb namespace");
+    tracing::info!(path = %password_file.display(), "created {component}'s flaredb namespace");
     Ok(())
 }
 

@@ -1,0 +1,1 @@
+//! plasmavmc: the VM control plane and the QEMU/KVM worker agent.

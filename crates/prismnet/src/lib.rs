@@ -1,0 +1,1 @@
+//! prismnet: tenant networks (VPCs, subnets, IPAM, ports, routers, security groups, floating IPs) and the Linux dataplane agent.
