@@ -1,0 +1,4 @@
+//! The Linux dataplane: converges one host's bridges, VXLAN devices, taps, veths, network
+//! namespaces, dnsmasq servers and nftables rules to a [`plan::HostPlan`].
+
+pub mod plan;
