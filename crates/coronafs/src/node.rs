@@ -818,8 +818,11 @@ async fn wait_listening(addr: SocketAddr, child: &mut Child, log: &Path) -> Resu
 }
 
 /// Resolves once a stop was requested (the watch guard must not live across an await).
+/// A dropped sender is not a stop request: only an explicit stop ends an export.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
+    if stop.wait_for(|s| *s).await.is_err() {
+        std::future::pending::<()>().await;
+    }
 }
 
 /// Keeps one export's qemu-nbd running until told to stop: restarts it when it exits.
