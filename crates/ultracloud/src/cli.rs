@@ -41,6 +41,8 @@ pub enum Command {
     Flaredb(FlaredbArgs),
     /// Identities, roles, bindings, credentials, tokens and signing keys.
     Iam(IamArgs),
+    /// Volumes (coronafs): create, snapshot, clone, resize, attach, detach, delete.
+    Volume(crate::coronafs_cli::VolumeArgs),
 }
 
 #[derive(Debug, Args)]
@@ -220,6 +222,8 @@ pub enum Component {
     Flaredb,
     /// Identities, tokens and authorization (needs a reachable flaredb and its namespace).
     Iam,
+    /// Volumes: the controller and/or the node service, as `[coronafs]` enables.
+    Coronafs,
 }
 
 #[derive(Debug, Args)]

@@ -3,6 +3,7 @@
 
 mod chainfire_cli;
 mod cli;
+mod coronafs_cli;
 mod flaredb_cli;
 mod iam_cli;
 mod node;
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
         Command::Chainfire(args) => run_async(chainfire_cli::run(args.command, cli.output)),
         Command::Flaredb(args) => run_async(flaredb_cli::run(args, cli.output)),
         Command::Iam(args) => run_async(iam_cli::run(args, cli.output)),
+        Command::Volume(args) => run_async(coronafs_cli::run(args, cli.output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -21,6 +21,7 @@ pub struct NodeConfig {
     pub chainfire: chainfire::ChainfireConfig,
     pub flaredb: flaredb::config::FlaredbConfig,
     pub iam: iam::IamConfig,
+    pub coronafs: coronafs::CoronafsConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.
@@ -84,6 +85,7 @@ impl NodeConfig {
         }
         chainfire::check_config(&cfg.chainfire).map_err(|e| Failure::Config(e.to_string()))?;
         flaredb::server::check_config(&cfg.flaredb).map_err(|e| Failure::Config(e.to_string()))?;
+        cfg.coronafs.check().map_err(Failure::Config)?;
         iam::server::check_bootstrap(&cfg.iam, cfg.auth.admin_token_file.is_some())
             .map_err(|e| Failure::Config(e.to_string()))?;
         if cfg.http.max_body_bytes == 0 {

@@ -223,6 +223,62 @@ async fn start_iam(
     })
 }
 
+/// coronafs under `up`: its namespace first (when it runs the controller), then both roles.
+async fn start_coronafs(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    flaredb: &Started,
+    paths: &SecretPaths,
+) -> Result<Started, Failure> {
+    if cfg.coronafs.controller {
+        let password_file = cfg
+            .coronafs
+            .flaredb_password_file
+            .clone()
+            .unwrap_or_else(|| paths.dir.join("coronafs-flaredb-password"));
+        ensure_service_namespace(
+            ctx,
+            flaredb,
+            "coronafs",
+            &cfg.coronafs.flaredb_namespace,
+            &password_file,
+        )
+        .await?;
+    }
+    start_coronafs_with(cfg, ctx, shutdown, flaredb.endpoints[0].url.clone()).await
+}
+
+async fn start_coronafs_with(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    flaredb_url: String,
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("coronafs"))?;
+    let defaults = coronafs::server::Defaults {
+        secrets_dir: SecretPaths::new(&cfg.node.data_dir).dir,
+        flaredb_url,
+    };
+    let running = coronafs::server::start(ctx, cfg.coronafs.clone(), defaults, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            coronafs::server::StartError::Config(m) => Failure::Config(m),
+            coronafs::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    Ok(Started {
+        name: "coronafs",
+        readiness: running.readiness.clone(),
+        endpoints: vec![Endpoint {
+            component: "coronafs".into(),
+            url: running.url.clone(),
+        }],
+        health: vec![("coronafs".into(), format!("{}/healthz", running.url))],
+        task: running.task,
+        _lock: lock,
+    })
+}
+
 /// The node's own flaredb REST URL.
 fn local_flaredb_url(cfg: &NodeConfig, ctx: &uc_runtime::NodeContext) -> String {
     format!("{}://{}", ctx.scheme(), ctx.listen(cfg.flaredb.rest_port))
@@ -282,7 +338,8 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let flaredb = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
     ensure_iam_namespace(&cfg, &ctx, &flaredb, &paths).await?;
     let iam = start_iam(&cfg, &ctx, &shutdown, flaredb.endpoints[0].url.clone()).await?;
-    let started = vec![chainfire, flaredb, iam];
+    let coronafs = start_coronafs(&cfg, &ctx, &shutdown, &flaredb, &paths).await?;
+    let started = vec![chainfire, flaredb, iam, coronafs];
     let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
         &cfg.http,
@@ -457,6 +514,11 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Component::Flaredb => {
             let chainfire_url = local_chainfire_url(&cfg, &ctx);
             let started = start_flaredb(&cfg, &ctx, &shutdown, chainfire_url).await?;
+            let _ = started.task.await;
+        }
+        Component::Coronafs => {
+            let flaredb_url = local_flaredb_url(&cfg, &ctx);
+            let started = start_coronafs_with(&cfg, &ctx, &shutdown, flaredb_url).await?;
             let _ = started.task.await;
         }
         Component::Iam => {
