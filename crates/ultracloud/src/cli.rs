@@ -41,6 +41,14 @@ pub enum Command {
     Flaredb(FlaredbArgs),
     /// Identities, roles, bindings, credentials, tokens and signing keys.
     Iam(IamArgs),
+    /// Virtual machines (plasmavmc): create, start, stop, console, migrate.
+    Vm(crate::plasmavmc_cli::VmArgs),
+    /// VM images (plasmavmc).
+    Image(crate::plasmavmc_cli::ImageArgs),
+    /// VM workers (plasmavmc, operator).
+    Worker(crate::plasmavmc_cli::WorkerArgs),
+    /// End-to-end proof lanes that leave result.json in a dated directory.
+    Proof(crate::proof::ProofArgs),
     /// Volumes (coronafs): create, snapshot, clone, resize, attach, detach, delete.
     Volume(crate::coronafs_cli::VolumeArgs),
 }
@@ -222,6 +230,10 @@ pub enum Component {
     Flaredb,
     /// Identities, tokens and authorization (needs a reachable flaredb and its namespace).
     Iam,
+    /// The VM control plane (needs flaredb and its namespace; prismnet/coronafs for NICs/volumes).
+    Plasmavmc,
+    /// The VM worker agent (QEMU on this host; needs a reachable control plane).
+    PlasmavmcWorker,
     /// Volumes: the controller and/or the node service, as `[coronafs]` enables.
     Coronafs,
 }

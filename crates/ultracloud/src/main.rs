@@ -9,6 +9,8 @@ mod iam_cli;
 mod node;
 mod node_config;
 mod output;
+mod plasmavmc_cli;
+mod proof;
 mod secrets;
 mod up;
 
@@ -48,6 +50,10 @@ fn main() -> ExitCode {
         Command::Chainfire(args) => run_async(chainfire_cli::run(args.command, cli.output)),
         Command::Flaredb(args) => run_async(flaredb_cli::run(args, cli.output)),
         Command::Iam(args) => run_async(iam_cli::run(args, cli.output)),
+        Command::Vm(args) => run_async(plasmavmc_cli::run_vm(args, cli.output)),
+        Command::Image(args) => run_async(plasmavmc_cli::run_image(args, cli.output)),
+        Command::Worker(args) => run_async(plasmavmc_cli::run_worker(args, cli.output)),
+        Command::Proof(args) => run_async(proof::run(args, cli.output)),
         Command::Volume(args) => run_async(coronafs_cli::run(args, cli.output)),
     };
     match result {

@@ -21,6 +21,8 @@ pub struct NodeConfig {
     pub chainfire: chainfire::ChainfireConfig,
     pub flaredb: flaredb::config::FlaredbConfig,
     pub iam: iam::IamConfig,
+    pub plasmavmc: plasmavmc::PlasmavmcConfig,
+    pub plasmavmc_worker: plasmavmc::WorkerConfig,
     pub coronafs: coronafs::CoronafsConfig,
 }
 
@@ -87,6 +89,8 @@ impl NodeConfig {
         flaredb::server::check_config(&cfg.flaredb).map_err(|e| Failure::Config(e.to_string()))?;
         cfg.coronafs.check().map_err(Failure::Config)?;
         iam::server::check_bootstrap(&cfg.iam, cfg.auth.admin_token_file.is_some())
+            .map_err(|e| Failure::Config(e.to_string()))?;
+        plasmavmc::server::check_config(&cfg.plasmavmc)
             .map_err(|e| Failure::Config(e.to_string()))?;
         if cfg.http.max_body_bytes == 0 {
             return Err(Failure::Config(

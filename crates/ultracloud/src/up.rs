@@ -279,6 +279,123 @@ async fn start_coronafs_with(
     })
 }
 
+/// The URL of a component this node runs (by its `Started` name), for components that use
+/// it by default.
+fn started_url(started: &[Started], name: &str) -> Option<String> {
+    started
+        .iter()
+        .find(|s| s.name == name)
+        .and_then(|s| s.endpoints.first())
+        .map(|e| e.url.clone())
+}
+
+/// plasmavmc under `up`: its namespace, the control plane, then (unless disabled) this node's
+/// worker agent. NICs and volumes come from the node's own prismnet and coronafs when `up`
+/// runs them (so they must be in `started` before this is called).
+async fn with_plasmavmc(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    paths: &SecretPaths,
+    mut started: Vec<Started>,
+) -> Result<Vec<Started>, Failure> {
+    let password_file = cfg
+        .plasmavmc
+        .flaredb_password_file
+        .clone()
+        .unwrap_or_else(|| paths.dir.join("plasmavmc-flaredb-password"));
+    let flaredb = started
+        .iter()
+        .find(|s| s.name == "flaredb")
+        .ok_or_else(|| Failure::Runtime(anyhow::anyhow!("plasmavmc needs flaredb")))?;
+    ensure_service_namespace(
+        ctx,
+        flaredb,
+        "plasmavmc",
+        &cfg.plasmavmc.flaredb_namespace,
+        &password_file,
+    )
+    .await?;
+    let flaredb_url = flaredb.endpoints[0].url.clone();
+    let control = start_plasmavmc(cfg, ctx, shutdown, flaredb_url, &started).await?;
+    let control_url = control.endpoints[0].url.clone();
+    started.push(control);
+    if cfg.plasmavmc_worker.enabled {
+        let worker = start_plasmavmc_worker(cfg, ctx, shutdown, control_url, &started).await?;
+        started.push(worker);
+    }
+    Ok(started)
+}
+
+async fn start_plasmavmc(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    flaredb_url: String,
+    started: &[Started],
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("plasmavmc"))?;
+    let defaults = plasmavmc::server::Defaults {
+        secrets_dir: SecretPaths::new(&cfg.node.data_dir).dir,
+        flaredb_url,
+        prismnet_url: started_url(started, "prismnet"),
+        coronafs_url: started_url(started, "coronafs"),
+    };
+    let running = plasmavmc::server::start(ctx, cfg.plasmavmc.clone(), defaults, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            plasmavmc::server::StartError::Config(m) => Failure::Config(m),
+            plasmavmc::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    Ok(Started {
+        name: "plasmavmc",
+        readiness: running.readiness.clone(),
+        endpoints: vec![Endpoint {
+            component: "plasmavmc".into(),
+            url: running.url.clone(),
+        }],
+        health: vec![("plasmavmc".into(), format!("{}/healthz", running.url))],
+        task: running.task,
+        _lock: lock,
+    })
+}
+
+async fn start_plasmavmc_worker(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    control_plane_url: String,
+    started: &[Started],
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("plasmavmc-worker"))?;
+    let defaults = plasmavmc::worker::Defaults {
+        control_plane_url,
+        prismnet_url: started_url(started, "prismnet"),
+        coronafs_url: started_url(started, "coronafs"),
+    };
+    let running =
+        plasmavmc::worker::start(ctx, cfg.plasmavmc_worker.clone(), defaults, shutdown.clone())
+            .await
+            .map_err(|e| match e {
+                plasmavmc::worker::StartError::Config(m) => Failure::Config(m),
+                plasmavmc::worker::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+            })?;
+    Ok(Started {
+        name: "plasmavmc-worker",
+        readiness: running.readiness.clone(),
+        endpoints: vec![Endpoint {
+            component: "plasmavmc worker".into(),
+            url: running.url.clone(),
+        }],
+        health: vec![(
+            "plasmavmc worker".into(),
+            format!("{}/healthz", running.url),
+        )],
+        task: running.task,
+        _lock: lock,
+    })
+}
+
 /// The node's own flaredb REST URL.
 fn local_flaredb_url(cfg: &NodeConfig, ctx: &uc_runtime::NodeContext) -> String {
     format!("{}://{}", ctx.scheme(), ctx.listen(cfg.flaredb.rest_port))
@@ -340,6 +457,7 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     let iam = start_iam(&cfg, &ctx, &shutdown, flaredb.endpoints[0].url.clone()).await?;
     let coronafs = start_coronafs(&cfg, &ctx, &shutdown, &flaredb, &paths).await?;
     let started = vec![chainfire, flaredb, iam, coronafs];
+    let started = with_plasmavmc(&cfg, &ctx, &shutdown, &paths, started).await?;
     let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
         &cfg.http,
@@ -524,6 +642,22 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
         Component::Iam => {
             let flaredb_url = local_flaredb_url(&cfg, &ctx);
             let started = start_iam(&cfg, &ctx, &shutdown, flaredb_url).await?;
+            let _ = started.task.await;
+        }
+        Component::Plasmavmc => {
+            // On its own, prismnet/coronafs come from `plasmavmc.prismnet_url`/`coronafs_url`.
+            let flaredb_url = local_flaredb_url(&cfg, &ctx);
+            let started = start_plasmavmc(&cfg, &ctx, &shutdown, flaredb_url, &[]).await?;
+            let _ = started.task.await;
+        }
+        Component::PlasmavmcWorker => {
+            let control_plane_url = format!(
+                "{}://{}",
+                ctx.scheme(),
+                ctx.listen(cfg.plasmavmc.port)
+            );
+            let started =
+                start_plasmavmc_worker(&cfg, &ctx, &shutdown, control_plane_url, &[]).await?;
             let _ = started.task.await;
         }
     }
