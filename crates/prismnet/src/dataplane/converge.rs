@@ -179,6 +179,27 @@ impl Pass<'_> {
         }
     }
 
+    fn nft_cli(&self, netns: Option<&str>, args: &[&str]) -> Result<String, String> {
+        match netns {
+            None => sys::run(&self.tools.nft, args),
+            Some(ns) => {
+                let mut all = vec!["netns", "exec", ns, self.tools.nft.as_str()];
+                all.extend_from_slice(args);
+                sys::run(&self.tools.ip, &all)
+            }
+        }
+    }
+
+    /// The live text of our tables, None if any is missing or nft fails.
+    fn nft_list(&self, netns: Option<&str>, families: &[&str]) -> Option<String> {
+        let ruleset = self.nft_cli(netns, &["list", "ruleset"]).ok()?;
+        nft::extract_tables(&ruleset, families)
+    }
+
+    fn nft_list_tables(&self, netns: Option<&str>) -> Result<String, String> {
+        self.nft_cli(netns, &["list", "tables"])
+    }
+
     fn read_host(&mut self) -> Result<(), String> {
         self.links = sys::parse_links(&self.ip(&["-j", "-d", "addr", "show"])?)?;
         self.netns = match fs::read_dir("/run/netns") {
@@ -876,7 +897,7 @@ impl Pass<'_> {
     ) {
         let stored = self.load_applied(key);
         let live = if check_live {
-            self.nft_in(netns, &nft::list_script(families)).ok()
+            self.nft_list(netns, families)
         } else {
             stored.as_ref().map(|s| s.live.clone())
         };
@@ -884,10 +905,11 @@ impl Pass<'_> {
         match rendered {
             None => {
                 let any_left = if check_live {
-                    self.nft_in(netns, "list tables\n").is_ok_and(|out| {
-                        families
-                            .iter()
-                            .any(|f| out.contains(&format!("table {f} {}\n", nft::TABLE)))
+                    self.nft_list_tables(netns).is_ok_and(|out| {
+                        families.iter().any(|f| {
+                            out.lines()
+                                .any(|l| l == format!("table {f} {}", nft::TABLE))
+                        })
                     })
                 } else {
                     stored.is_some()
@@ -910,9 +932,7 @@ impl Pass<'_> {
                 }
                 match self.nft_in(netns, &nft::replace_script(families, Some(&rendered))) {
                     Ok(_) => {
-                        let live = self
-                            .nft_in(netns, &nft::list_script(families))
-                            .unwrap_or_default();
+                        let live = self.nft_list(netns, families).unwrap_or_default();
                         self.store_applied(key, Some(NftApplied { rendered, live }));
                         self.changed(format!("apply nftables ruleset in {where_}"));
                     }

@@ -320,12 +320,22 @@ pub fn replace_script(families: &[&str], body: Option<&str>) -> String {
     s
 }
 
-/// An `nft -f` script listing the tables (fails if one is missing).
-pub fn list_script(families: &[&str]) -> String {
-    families
-        .iter()
-        .map(|f| format!("list table {f} {TABLE}\n"))
-        .collect()
+/// Our tables' text out of `nft list ruleset` (in `families` order), or None if one is
+/// missing. (`nft -f` with `list` commands fails on nftables 1.0.6, hence one full listing.)
+pub fn extract_tables(ruleset: &str, families: &[&str]) -> Option<String> {
+    let mut out = String::new();
+    for family in families {
+        let header = format!("table {family} {TABLE} {{");
+        let start = ruleset.lines().position(|l| l == header)?;
+        for line in ruleset.lines().skip(start) {
+            out.push_str(line);
+            out.push('\n');
+            if line == "}" {
+                break;
+            }
+        }
+    }
+    Some(out)
 }
 
 #[cfg(test)]
@@ -345,6 +355,16 @@ mod tests {
             port_max: ports.map(|p| p.1),
             remote,
         }
+    }
+
+    #[test]
+    fn extracts_our_tables_from_a_listing() {
+        let ruleset = "table inet other {\n}\ntable ip ultracloud {\n\tchain zone {\n\t}\n}\ntable bridge ultracloud {\n\tchain forward {\n\t}\n}\n";
+        assert_eq!(
+            extract_tables(ruleset, &["ip", "bridge"]).unwrap(),
+            "table ip ultracloud {\n\tchain zone {\n\t}\n}\ntable bridge ultracloud {\n\tchain forward {\n\t}\n}\n"
+        );
+        assert_eq!(extract_tables(ruleset, &["inet"]), None);
     }
 
     #[test]

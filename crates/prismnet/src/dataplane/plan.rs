@@ -134,8 +134,9 @@ fn default_true() -> bool {
 pub enum Attachment {
     /// Persistent tap `uct<id10>`; QEMU opens it with `ifname=...,script=no,downscript=no`.
     Tap,
-    /// veth `ucp<id10>` whose peer is moved into the workload netns `netns` (created by the
-    /// caller, or by `converge` if missing) and named `ifname` there (default "eth0").
+    /// veth `ucp<id10>` whose peer is created in the workload netns `netns` and named
+    /// `ifname` there (default "eth0"), with the port's MAC. The caller creates (and removes)
+    /// the workload netns; while it is missing the port is reported as an error, not ready.
     Netns {
         netns: String,
         #[serde(default = "default_ifname")]
