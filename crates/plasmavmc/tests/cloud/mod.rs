@@ -18,7 +18,7 @@ const PORTS: &[&str] = &[
     "nbd", "plasmavmc", "worker",
 ];
 
-fn config(n: &NodeInfo, extra: &str) -> String {
+fn config(n: &NodeInfo, extra: &str, tables: &str) -> String {
     let nbd = n.port("nbd");
     format!(
         "[node]\nname = \"uc-{name}\"\nbind = \"{ip}\"\nport = {node}\n[http]\nshutdown_grace_secs = 2\n\
@@ -27,7 +27,7 @@ fn config(n: &NodeInfo, extra: &str) -> String {
          [iam]\nport = {iam}\n\
          [coronafs]\nport = {coronafs}\nnbd_port_min = {nbd}\nnbd_port_max = {nbd_max}\n\
          [plasmavmc]\nport = {plasmavmc}\n{extra}\n\
-         [plasmavmc_worker]\nport = {worker}\naccel = \"tcg\"\nheartbeat_secs = 2\n",
+         [plasmavmc_worker]\nport = {worker}\naccel = \"tcg\"\nheartbeat_secs = 2\n{tables}\n",
         name = n.name,
         ip = n.ip,
         node = n.port("node"),
@@ -53,11 +53,23 @@ pub struct Cloud {
     pub info: NodeInfo,
 }
 
-/// `plasmavmc_keys`: extra lines for the `[plasmavmc]` table.
+/// `extra`: extra lines for the `[plasmavmc]` table.
 pub async fn up(extra: &'static str) -> Cloud {
+    up_with(extra, String::new()).await
+}
+
+/// Like [`up`], with more tables appended to the config (`{port:NAME}` is replaced by that
+/// port's number).
+pub async fn up_with(extra: &'static str, tables: String) -> Cloud {
     let cluster = Cluster::builder(1)
         .ports(PORTS)
-        .config(move |n, _| config(n, extra))
+        .config(move |n, _| {
+            let mut t = tables.clone();
+            for p in PORTS {
+                t = t.replace(&format!("{{port:{p}}}"), &n.port(p).to_string());
+            }
+            config(n, extra, &t)
+        })
         .args(|n| {
             vec![
                 "up".into(),

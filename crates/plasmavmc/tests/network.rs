@@ -1,0 +1,182 @@
+//! VMs on prismnet ports under `ultracloud up` (prismnet API + host agent, real taps,
+//! bridges and DHCP): the guest gets its port's address by DHCP, prints it on the console read
+//! through the API, and reaches another port of its subnet (a network namespace bound as a
+//! workload); a port of another tenant is refused with nothing half-created; ports the VM
+//! created go with it, ports it was given are released. Needs root (netns, taps).
+
+mod cloud;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use cloud::{Cloud, QemuReaper};
+
+fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().expect("ip runs")
+}
+
+/// A network namespace removed when the test ends.
+struct Netns(String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+async fn net(cloud: &Cloud, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    cloud::call(&cloud.info.url("prismnet"), Some(token), method, path, body).await
+}
+
+async fn net_ok(cloud: &Cloud, token: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+    let (s, b) = net(cloud, token, method, path, body).await;
+    assert!((200..300).contains(&s), "{path}: {s} {b}");
+    b
+}
+
+/// A VPC with one DHCP subnet; the subnet's id.
+async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> String {
+    let vpc = net_ok(cloud, token, Method::POST, "/v1/vpcs", Some(json!({"name": "net", "cidr": cidr16}))).await;
+    let subnet = net_ok(
+        cloud,
+        token,
+        Method::POST,
+        "/v1/subnets",
+        Some(json!({"vpc_id": vpc["id"], "name": "sub", "cidr": cidr24})),
+    )
+    .await;
+    subnet["id"].as_str().unwrap().to_owned()
+}
+
+async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, p) = net(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await;
+        assert_eq!(s, 200, "{p}");
+        if p["status"] == status {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "port never {status}: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
+    // Device and namespace names are global per kernel: a prefix of our own.
+    let prefix = format!("p{:x}", std::process::id() % 0xffff);
+    let cloud = cloud::up_with(
+        "",
+        format!("[prismnet]\nport = {{port:prismnet}}\n[prismnet_agent]\nprefix = \"{prefix}\"\n"),
+    )
+    .await;
+    let _reaper = QemuReaper(cloud.worker_dir());
+    let node = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0]["host"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let a = cloud.tenant("tenant-a").await;
+    let b = cloud.tenant("tenant-b").await;
+    let subnet = network(&cloud, &a, "10.61.0.0/16", "10.61.1.0/24").await;
+    let b_subnet = network(&cloud, &b, "10.61.0.0/16", "10.61.1.0/24").await;
+
+    // Another port of the subnet: a namespace workload with a static address.
+    let ns = Netns(format!("{prefix}-peer"));
+    assert!(ip(&["netns", "add", &ns.0]).status.success());
+    let peer = net_ok(
+        &cloud,
+        &a,
+        Method::POST,
+        "/v1/ports",
+        Some(json!({"subnet_id": subnet, "name": "peer", "binding": {"host": node, "attachment": format!("netns:{}", ns.0)}})),
+    )
+    .await;
+    let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
+    wait_port(&cloud, &a, peer["id"].as_str().unwrap(), "active").await;
+    assert!(ip(&["-n", &ns.0, "addr", "add", &format!("{peer_ip}/24"), "dev", "eth0"]).status.success());
+    let _ = ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+
+    let g = cloud::guest();
+    let (s, img) = cloud
+        .as_(
+            &a,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "tiny", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
+                "cmdline": format!("console=ttyS0 loglevel=4 uc.ping={peer_ip}")})),
+        )
+        .await;
+    assert_eq!(s, 201, "{img}");
+
+    // Another tenant's port: refused, nothing created, the port untouched.
+    let foreign = net_ok(&cloud, &b, Method::POST, "/v1/ports", Some(json!({"subnet_id": b_subnet, "name": "mine"}))).await;
+    let foreign_id = foreign["id"].as_str().unwrap();
+    let (s, e) = cloud
+        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "thief", "image": "tiny", "vcpus": 1, "memory_mib": 128,
+            "root_volume_mib": 8, "ports": [foreign_id]})))
+        .await;
+    assert!(s == 404 || s == 400, "{s} {e}");
+    assert!(e["error"]["message"].as_str().unwrap().contains(foreign_id), "{e}");
+    let untouched = net_ok(&cloud, &b, Method::GET, &format!("/v1/ports/{foreign_id}"), None).await;
+    assert!(untouched["device_id"].is_null() && untouched["binding"].is_null(), "{untouched}");
+    let (_, vms) = cloud.as_(&a, Method::GET, "/v1/vms", None).await;
+    assert_eq!(vms["items"].as_array().unwrap().len(), 0);
+    let (_, vols) = cloud::call(&cloud.info.url("coronafs"), Some(&cloud.admin_token), Method::GET, "/v1/volumes", None).await;
+    assert_eq!(vols["items"].as_array().unwrap().len(), 0, "no volume left: {vols}");
+    assert!(cloud::qemus_under(&cloud.worker_dir()).is_empty());
+    // An unknown subnet: same.
+    let (s, _) = cloud
+        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "lost", "image": "tiny", "vcpus": 1, "memory_mib": 128,
+            "subnets": ["subnet-nope"]})))
+        .await;
+    assert!(s == 404 || s == 400);
+
+    // A VM with a port it creates in the subnet, and one it is given.
+    let given = net_ok(&cloud, &a, Method::POST, "/v1/ports", Some(json!({"subnet_id": subnet, "name": "given"}))).await;
+    let given_id = given["id"].as_str().unwrap().to_owned();
+    let (s, vm) = cloud
+        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "web", "image": "tiny", "vcpus": 1, "memory_mib": 160,
+            "subnets": [subnet], "ports": [given_id]})))
+        .await;
+    assert_eq!(s, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    // `ports` come first, then `subnets`.
+    assert_eq!(vm["nics"][0]["port_id"], given_id.as_str());
+    assert_eq!(vm["nics"][0]["owned"], false);
+    assert_eq!(vm["nics"][1]["owned"], true);
+    let first_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
+    let created_port = vm["nics"][1]["port_id"].as_str().unwrap().to_owned();
+
+    cloud.wait_state(&a, &id, "running").await;
+    let (console, _) = cloud.wait_console(&a, &id, "UC-BOOT-OK web", 0).await;
+    let got = console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("UC-GUEST-IP "))
+        .unwrap_or("none")
+        .to_owned();
+    assert_eq!(got.split('/').next(), Some(first_ip.as_str()), "DHCP gave the port's address: {console}");
+    assert!(console.contains(&format!("UC-PING {peer_ip} ok")), "reached the other port: {console}");
+    let port = wait_port(&cloud, &a, &given_id, "active").await;
+    let tap = port["device"].as_str().unwrap().to_owned();
+    assert_eq!(port["device_id"], id.as_str());
+    assert!(ip(&["link", "show", &tap]).status.success(), "tap {tap} exists");
+
+    let (s, _) = cloud.as_(&a, Method::DELETE, &format!("/v1/vms/{id}?force=true"), None).await;
+    assert!(s == 204 || s == 202);
+    cloud.wait_gone(&a, &id).await;
+    assert!(cloud::qemu_pids(&id).is_empty());
+    // The port it created is gone; the one it was given is back, unbound.
+    let (s, _) = net(&cloud, &a, Method::GET, &format!("/v1/ports/{created_port}"), None).await;
+    assert_eq!(s, 404);
+    let released = net_ok(&cloud, &a, Method::GET, &format!("/v1/ports/{given_id}"), None).await;
+    assert!(released["binding"].is_null(), "{released}");
+    assert!(released["device_id"].as_str().is_none_or(str::is_empty), "{released}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ip(&["link", "show", &tap]).status.success() {
+        assert!(Instant::now() < deadline, "tap {tap} left behind");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
