@@ -121,9 +121,11 @@ pub fn render_host(
     line!("table ip {TABLE} {{");
     line!("  chain zone {{");
     line!("    type filter hook prerouting priority -300; policy accept;");
-    for net in nets {
-        line!("    iifname \"{}\" ct zone set {}", net.bridge, net.zone);
-    }
+    let zones: Vec<String> = nets
+        .iter()
+        .map(|n| format!("\"{}\" : {}", n.bridge, n.zone))
+        .collect();
+    line!("    ct zone set iifname map {{ {} }}", zones.join(", "));
     line!("  }}");
     line!("  chain ctstate {{");
     line!("    type filter hook forward priority 0; policy accept;");
@@ -154,7 +156,8 @@ pub fn render_host(
             );
         }
     }
-    let mut dispatch = Vec::new();
+    let mut egress_dispatch = Vec::new();
+    let mut ingress_dispatch = Vec::new();
     for net in nets {
         for port in &net.ports {
             let mut ingress = Vec::new();
@@ -228,8 +231,8 @@ pub fn render_host(
             }
             line!("    drop");
             line!("  }}");
-            dispatch.push(format!("    iifname \"{dev}\" jump e_{dev}"));
-            dispatch.push(format!("    oifname \"{dev}\" jump i_{dev}"));
+            egress_dispatch.push(format!("\"{dev}\" : jump e_{dev}"));
+            ingress_dispatch.push(format!("\"{dev}\" : jump i_{dev}"));
         }
     }
     line!("  chain forward {{");
@@ -244,8 +247,10 @@ pub fn render_host(
             line!("    oifname \"{vx}\" udp dport 67 drop");
         }
     }
-    for d in dispatch {
-        line!("{d}");
+    // Verdict maps: one hash lookup per direction however many ports the host has.
+    if !egress_dispatch.is_empty() {
+        line!("    iifname vmap {{ {} }}", egress_dispatch.join(", "));
+        line!("    oifname vmap {{ {} }}", ingress_dispatch.join(", "));
     }
     line!("  }}");
     line!("}}");
