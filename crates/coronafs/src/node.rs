@@ -236,7 +236,7 @@ impl NodeService {
     /// Free bytes on the volume filesystem.
     pub fn free_bytes(&self) -> u64 {
         nix::sys::statvfs::statvfs(&self.s.dir)
-            .map(|v| v.blocks_available() as u64 * v.fragment_size() as u64)
+            .map(|v| v.blocks_available() * v.fragment_size())
             .unwrap_or(0)
     }
 
@@ -746,7 +746,7 @@ impl NodeService {
 }
 
 pub fn check_size(size: u64, max: u64) -> Result<()> {
-    if size == 0 || size % 512 != 0 {
+    if size == 0 || !size.is_multiple_of(512) {
         return Err(CoronafsError::Invalid(format!(
             "size_bytes {size}: a positive multiple of 512"
         )));

@@ -17,7 +17,10 @@ use common::*;
 #[tokio::test]
 async fn controller_and_node_outages() {
     // The controller: `up` with coronafs's node role off.
-    let mut ctl = Cluster::all_in_one("node = false\nheartbeat_secs = 1\nnode_liveness_secs = 5\n")
+    let mut ctl = Cluster::all_in_one("")
+        .env("UC_CORONAFS__NODE", "false")
+        .env("UC_CORONAFS__HEARTBEAT_SECS", "1")
+        .env("UC_CORONAFS__NODE_LIVENESS_SECS", "5")
         .start()
         .await
         .expect("controller cloud starts");
@@ -33,6 +36,7 @@ async fn controller_and_node_outages() {
     let token_file = ctl.root().join("shared-admin-token");
     std::fs::OpenOptions::new()
         .create(true)
+        .truncate(true)
         .write(true)
         .mode(0o600)
         .open(&token_file)
@@ -200,6 +204,61 @@ async fn controller_and_node_outages() {
         try_qemu_io(&url, &["read -P 0xc3 4M 1M"]).0
     })
     .await;
+
+    // 5. A create interrupted by the node going away stays `creating`; the reconciler
+    //    finishes it once the node is back, and a retry with the same key returns it.
+    storage.node_mut(0).kill();
+    let create = async || {
+        let r = uc_testkit::http_client()
+            .post(format!("{coronafs_url}/v1/volumes"))
+            .bearer_auth(&t)
+            .header("Idempotency-Key", "late-1")
+            .json(&json!({"name": "late", "size_bytes": 8 << 20}))
+            .send()
+            .await
+            .unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    };
+    let (s, b) = create().await;
+    assert_eq!(s, 503, "{b}");
+    let (_, page) = call(&coronafs_url, Some(&t), Method::GET, "/v1/volumes", None).await;
+    let late = page["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "late")
+        .unwrap()
+        .clone();
+    assert_eq!(late["state"], "creating");
+    let late_id = late["id"].as_str().unwrap().to_owned();
+    storage.restart(0).await.unwrap();
+    eventually("the reconciler to finish the create", async || {
+        let (_, v) = call(
+            &coronafs_url,
+            Some(&t),
+            Method::GET,
+            &format!("/v1/volumes/{late_id}"),
+            None,
+        )
+        .await;
+        v["state"] == "available"
+    })
+    .await;
+    let (s, b) = create().await;
+    assert_eq!(s, 201, "{b}");
+    assert_eq!(b["id"], late_id.as_str());
+    let (s, _) = call(
+        &coronafs_url,
+        Some(&t),
+        Method::DELETE,
+        &format!("/v1/volumes/{late_id}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
 
     // Clean up through the API: nothing is left on the node.
     let (s, b) = call(

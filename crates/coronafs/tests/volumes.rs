@@ -17,9 +17,11 @@ struct Cloud {
     _reaper: NbdReaper,
 }
 
-/// Headerless keys land in the generated `[coronafs]` section.
+/// Faster heartbeats so a test need not wait for registration and reconciliation.
 async fn up() -> Cloud {
-    let cluster = Cluster::all_in_one("heartbeat_secs = 1\nnode_liveness_secs = 5\n")
+    let cluster = Cluster::all_in_one("")
+        .env("UC_CORONAFS__HEARTBEAT_SECS", "1")
+        .env("UC_CORONAFS__NODE_LIVENESS_SECS", "5")
         .start()
         .await
         .expect("ultracloud up starts");
@@ -352,6 +354,22 @@ async fn bad_input_is_refused_cleanly_and_tenants_are_isolated() {
             Some(json!({"worker": "w1"})),
         )
         .await;
+    // An export without attachment (as a crash between export and record would leave) is
+    // stopped by the reconciler.
+    cloud
+        .ok(
+            &cloud.admin,
+            Method::PUT,
+            &format!("/v1/node/volumes/{id}/export"),
+            Some(json!({"shared": 1})),
+        )
+        .await;
+    assert_eq!(qemu_nbd_pids_under(cloud.cluster.root()).len(), 1);
+    let root = cloud.cluster.root().to_path_buf();
+    eventually("the reconciler to stop the stray export", async || {
+        qemu_nbd_pids_under(&root).is_empty()
+    })
+    .await;
     let (s, _) = cloud
         .call(&t, Method::DELETE, &format!("/v1/volumes/{id}"), None)
         .await;
