@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # Debian packages the tests drive as real peers/clients. Components add theirs here.
 #   etcd-client, etcd-server: etcdctl against chainfire; a real etcd for differential tests
 #   postgresql-client: psql against flaredb's PostgreSQL wire protocol
-PACKAGES=(etcd-client etcd-server postgresql-client)
+#   qemu-utils: qemu-img/qemu-nbd behind coronafs volumes; qemu-io reads/writes them in tests
+PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
