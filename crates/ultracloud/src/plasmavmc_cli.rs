@@ -298,7 +298,8 @@ pub async fn wait_for(
                     .unwrap_or_default()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        // Frequent polls: the wait is what a user (and the bench) sees of a boot.
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
