@@ -9,7 +9,9 @@ cd "$(dirname "$0")/.."
 #   etcd-client, etcd-server: etcdctl against chainfire; a real etcd for differential tests
 #   postgresql-client: psql against flaredb's PostgreSQL wire protocol
 #   qemu-utils: qemu-img/qemu-nbd behind coronafs volumes; qemu-io reads/writes them in tests
-PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils)
+#   iproute2, nftables, dnsmasq-base: the prismnet dataplane (ip/bridge, nft, DHCP servers)
+#   busybox-static: DHCP client (udhcpc) and ping inside the dataplane tests' workload netns
+PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils iproute2 nftables dnsmasq-base busybox-static)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
