@@ -157,6 +157,12 @@ pub enum ImageCommand {
     Delete {
         id: String,
     },
+    /// Build the tiny test guest (this host's Debian kernel + busybox initramfs) into DIR and
+    /// print its kernel and initrd paths, ready for `image create --kernel … --initrd …`.
+    TinyGuest {
+        #[arg(long, default_value = "./tiny-guest")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -458,6 +464,15 @@ fn uuid_like() -> String {
 }
 
 pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Failure> {
+    if let ImageCommand::TinyGuest { out } = &args.command {
+        let guest = plasmavmc::guest::build(out).map_err(runtime)?;
+        let paths = serde_json::json!({
+            "kernel": std::path::absolute(&guest.kernel).unwrap_or(guest.kernel.clone()),
+            "initrd": std::path::absolute(&guest.initrd).unwrap_or(guest.initrd.clone()),
+        });
+        show(format, &paths, &["kernel", "initrd"]);
+        return Ok(());
+    }
     let api = client(&args.endpoint, &args.client)?;
     let columns = &["id", "name", "kind", "public", "size_bytes", "kernel", "disk"];
     match args.command {
@@ -512,6 +527,7 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
             api.delete_image(&id).await.map_err(runtime)?;
             eprintln!("deleted {id}");
         }
+        ImageCommand::TinyGuest { .. } => unreachable!("handled above"),
     }
     Ok(())
 }
