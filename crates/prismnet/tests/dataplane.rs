@@ -245,7 +245,7 @@ fn dhcp_client(netns: &str) -> Ipv4Addr {
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("udhcpc.sh");
     std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
-    run("chmod", &["755", script.to_str().unwrap()]).unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let mut last_err = String::new();
     let got = eventually(30, || {
         match run(
@@ -626,6 +626,23 @@ fn security_groups_follow_rules_and_group_membership() {
     host.converge(&plan);
     assert_eq!(greeting(&a, "10.30.0.3", 7000), "b 10.30.0.2");
 
+    // A ruleset change elsewhere (a new member of "client") re-applies the tables; an
+    // established connection is not disturbed by it.
+    let (mut conn, _) = connect(&a, "10.30.0.3", 7000).expect("allowed connection");
+    plan.security_groups[0]
+        .members
+        .push("10.30.0.50".parse().unwrap());
+    let report = host.converge(&plan);
+    assert!(
+        report.changed.iter().any(|c| c.contains("nftables")),
+        "{report:#?}"
+    );
+    assert_eq!(
+        conn.roundtrip("across the re-apply").unwrap(),
+        "across the re-apply"
+    );
+    plan.security_groups[0].members.pop();
+
     // a leaves the group: new connections fail again.
     plan.security_groups[0].members.clear();
     host.converge(&plan);
@@ -935,7 +952,15 @@ fn converge_is_idempotent_and_repairs_drift() {
         assert_eq!(report.ports_ready.len(), 2);
         assert_eq!(conn.roundtrip("still there").unwrap(), "still there");
     }
-    // Reading the router's interface gateway: it answers ARP/ICMP.
+    // An agent restart (a new Dataplane over the same state directory) changes nothing
+    // either: rulesets, dnsmasq and devices are recognised, not recreated.
+    let state_dir = host.dp.state_dir().to_path_buf();
+    host.dp = Dataplane::new(&state_dir);
+    let report = host.converge(&plan);
+    assert!(report.changed.is_empty(), "{report:#?}");
+    assert_eq!(conn.roundtrip("after restart").unwrap(), "after restart");
+    host.dp.full_verify_every = Duration::ZERO;
+    // The router's interface is the gateway: it answers ARP/ICMP.
     assert!(ping(&a, "10.60.0.1"));
 
     // The bridge deleted by hand: traffic stops; converge rebuilds it and traffic flows.
@@ -978,7 +1003,11 @@ fn converge_is_idempotent_and_repairs_drift() {
             .join("dhcp-5ub0000006/dnsmasq.pid"),
     )
     .unwrap();
-    run("kill", &[pid.trim()]).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid.trim().parse().unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     assert!(eventually(5, || !std::path::Path::new(&format!(
         "/proc/{}",
         pid.trim()
@@ -1169,4 +1198,115 @@ fn bad_plan_entries_are_reported_and_the_rest_applied() {
     bad.prefix = "Bad/Prefix".into();
     let dp = &mut host.dp;
     assert!(in_netns(&netns, || dp.converge(&bad)).is_err());
+}
+
+/// Records every invocation of a tool, then runs the real one.
+fn logging_wrapper(dir: &std::path::Path, tool: &str, log: &std::path::Path) -> String {
+    let real = run("sh", &["-c", &format!("command -v {tool}")]).unwrap();
+    let path = dir.join(tool);
+    std::fs::write(
+        &path,
+        format!(
+            "#!/bin/sh\necho \"{tool} $*\" >> {}\nexec {} \"$@\"\n",
+            log.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+#[test]
+fn unchanged_plan_costs_a_few_reads_and_still_sees_host_drift() {
+    let mut host = Host::new(&unique_prefix("lt"));
+    let a = host.workload("a");
+    let b = host.workload("b");
+    let mut net = network("5ub000000a", 1001, "10.100.0.0/24", Some("10.100.0.1"));
+    net.ports = vec![
+        netns_port(
+            "a00000000a",
+            "02:00:00:00:0a:01",
+            "10.100.0.2",
+            &a,
+            &["open"],
+        ),
+        netns_port(
+            "b00000000a",
+            "02:00:00:00:0a:02",
+            "10.100.0.3",
+            &b,
+            &["open"],
+        ),
+    ];
+    let mut plan = host.plan();
+    plan.networks = vec![with_dhcp(net, "10.100.0.250")];
+    plan.security_groups = vec![allow_all_sg("open")];
+    plan.routers = vec![RouterPlan {
+        router_id: "r00000000a".into(),
+        interfaces: vec![RouterInterface {
+            subnet_id: "5ub000000a".into(),
+            ip: "10.100.0.1".parse().unwrap(),
+            prefix_len: 24,
+            mac: "02:aa:00:00:0a:01".into(),
+        }],
+        external: None,
+        floating_ips: vec![],
+    }];
+    let tools = tempfile::tempdir().unwrap();
+    let log = tools.path().join("calls.log");
+    host.dp.tools.ip = logging_wrapper(tools.path(), "ip", &log);
+    host.dp.tools.nft = logging_wrapper(tools.path(), "nft", &log);
+    host.dp.tools.bridge = logging_wrapper(tools.path(), "bridge", &log);
+    host.dp.full_verify_every = Duration::from_secs(3600);
+    host.converge(&plan);
+    static_ip(&a, "10.100.0.2/24", None);
+    static_ip(&b, "10.100.0.3/24", None);
+    assert!(eventually(10, || ping(&a, "10.100.0.3")));
+
+    std::fs::write(&log, "").unwrap();
+    for _ in 0..5 {
+        let report = host.converge(&plan);
+        assert!(report.changed.is_empty(), "{report:#?}");
+        assert_eq!(report.ports_ready.len(), 2);
+    }
+    let calls = std::fs::read_to_string(&log).unwrap();
+    // Per pass: one `ip -j -d addr show` of the host and one `nft list ruleset`.
+    assert_eq!(calls.lines().count(), 10, "{calls}");
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|l| l.starts_with("ip -j -d addr show"))
+            .count(),
+        5,
+        "{calls}"
+    );
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|l| l.starts_with("nft list ruleset"))
+            .count(),
+        5,
+        "{calls}"
+    );
+
+    // Host-level drift is still seen by such a pass.
+    host.host_ip(&["link", "set", "ucpb00000000a", "nomaster"])
+        .unwrap();
+    assert!(!ping(&a, "10.100.0.3"));
+    let report = host.converge(&plan);
+    assert!(
+        report
+            .changed
+            .iter()
+            .any(|c| c.contains("master ucb5ub000000a")),
+        "{report:#?}"
+    );
+    assert!(eventually(10, || ping(&a, "10.100.0.3")));
+    host.nft(&["delete", "table", "ip", "ultracloud"]).unwrap();
+    let report = host.converge(&plan);
+    assert!(
+        report.changed.iter().any(|c| c.contains("nftables")),
+        "{report:#?}"
+    );
 }
