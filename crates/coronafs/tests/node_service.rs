@@ -222,8 +222,7 @@ async fn bad_input_leaves_nothing() {
         },
     };
     assert!(node.create_volume("vol-b", missing_image).await.is_err());
-    // Not an image at all? qemu-img reads any file as raw; a text file becomes a volume of
-    // its size rounded: that's fine. A directory is not.
+    // A directory is no image.
     let dir_image = NodeCreateVolume {
         size_bytes: None,
         format: VolumeFormat::Raw,
@@ -234,5 +233,93 @@ async fn bad_input_leaves_nothing() {
     assert!(node.create_volume("vol-c", dir_image).await.is_err());
     assert_eq!(std::fs::read_dir(dir.join("volumes")).unwrap().count(), 0);
     assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    assert!(qemu_nbd_pids_under(&dir).is_empty());
+}
+
+/// With `nbd_tls_dir` the export speaks only TLS (mutual: the client presents a certificate of
+/// the same CA); a plain client is refused, a client with the CA and its certificate reads and
+/// writes.
+#[tokio::test]
+async fn tls_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("coronafs");
+    let _guard = KillGuard(dir.clone());
+    let pki = uc_testkit::pki::TestPki::new(&["127.0.0.1"]);
+    let server = tmp.path().join("tls-server");
+    let client = tmp.path().join("tls-client");
+    for (d, files) in [
+        (
+            &server,
+            [
+                ("ca-cert.pem", &pki.ca),
+                ("server-cert.pem", &pki.server_cert),
+                ("server-key.pem", &pki.server_key),
+            ],
+        ),
+        (
+            &client,
+            [
+                ("ca-cert.pem", &pki.ca),
+                ("client-cert.pem", &pki.client_cert),
+                ("client-key.pem", &pki.client_key),
+            ],
+        ),
+    ] {
+        std::fs::create_dir_all(d).unwrap();
+        for (name, src) in files {
+            std::fs::copy(src, d.join(name)).unwrap();
+        }
+    }
+    let node = NodeService::new(NodeSettings {
+        tls_dir: Some(server.clone()),
+        ..settings(&dir)
+    })
+    .unwrap();
+    node.restore().await.unwrap();
+    node.create_volume("vol-tls", blank(4 << 20, VolumeFormat::Raw))
+        .await
+        .unwrap();
+    let e = node.ensure_export("vol-tls", 1).await.unwrap();
+    assert!(e.tls);
+
+    let (ok, out) = {
+        let o = Command::new("qemu-io")
+            .args(["-f", "raw", "-c", "read 0 512", &e.nbd_url])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        (o.status.success() && !text.contains("failed"), text)
+    };
+    assert!(!ok, "a client without TLS must be refused: {out}");
+
+    let tls_io = |cmd: &str| {
+        let o = Command::new("qemu-io")
+            .arg("--object")
+            .arg(format!("tls-creds-x509,id=tls0,endpoint=client,dir={}", client.display()))
+            .arg("--image-opts")
+            .arg(format!(
+                "driver=nbd,server.type=inet,server.host=127.0.0.1,server.port={},export=vol-tls,tls-creds=tls0",
+                e.port
+            ))
+            .args(["-c", cmd])
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            o.status.success() && !text.contains("failed"),
+            "{cmd}: {text}"
+        );
+    };
+    tls_io("write -P 0x3c 0 1M");
+    tls_io("read -P 0x3c 0 1M");
+    node.delete_volume("vol-tls").await.unwrap();
     assert!(qemu_nbd_pids_under(&dir).is_empty());
 }
