@@ -498,9 +498,17 @@ impl NodeService {
                 "no volume {id} on this node"
             )));
         }
+        {
+            // Already serving as asked: confirm, do not touch the process.
+            let exports = self.exports.lock().await;
+            if let Some(h) = exports.get(id)
+                && h.record.shared == shared
+            {
+                return Ok(self.export_view(id, h));
+            }
+        }
         let existing = self.exports.lock().await.get(id).map(|h| h.record.clone());
         let record = match existing {
-            Some(r) if r.shared == shared => r,
             Some(r) => {
                 self.stop_process(id).await;
                 ExportRecord {

@@ -121,6 +121,9 @@ async fn first_life(dir: &Path) {
         assert_eq!(again.path, v.path);
 
         let e = node.ensure_export(&id, 1).await.unwrap();
+        let again = node.ensure_export(&id, 1).await.unwrap();
+        assert_eq!(again, e, "confirming an export leaves the process alone");
+        assert!(e.pid.is_some());
         qemu_io(&e.nbd_url, &["write -P 0xab 0 1M"]);
         qemu_io(&e.nbd_url, &["read -P 0xab 0 1M"]);
 
