@@ -46,13 +46,19 @@ impl PlasmavmcClient {
 
     pub async fn list_images(&self, page_token: Option<&str>) -> Result<Page<Image>, ClientError> {
         match page_token {
-            Some(t) => self.api.get(&format!("/v1/images?page_token={}", enc(t))).await,
+            Some(t) => {
+                self.api
+                    .get(&format!("/v1/images?page_token={}", enc(t)))
+                    .await
+            }
             None => self.api.get("/v1/images").await,
         }
     }
 
     pub async fn get_image(&self, id_or_name: &str) -> Result<Image, ClientError> {
-        self.api.get(&format!("/v1/images/{}", enc(id_or_name))).await
+        self.api
+            .get(&format!("/v1/images/{}", enc(id_or_name)))
+            .await
     }
 
     pub async fn delete_image(&self, id: &str) -> Result<(), ClientError> {
@@ -69,7 +75,11 @@ impl PlasmavmcClient {
             .await
     }
 
-    pub async fn heartbeat(&self, name: &str, hb: &Heartbeat) -> Result<Vec<Assignment>, ClientError> {
+    pub async fn heartbeat(
+        &self,
+        name: &str,
+        hb: &Heartbeat,
+    ) -> Result<Vec<Assignment>, ClientError> {
         // Reports are idempotent (they state what is), so a repeat is harmless.
         self.api
             .post_idempotent(
@@ -107,7 +117,11 @@ impl PlasmavmcClient {
     // ---- VMs
 
     /// With an idempotency key, repeating the call returns the same VM.
-    pub async fn create_vm(&self, req: &CreateVm, idempotency_key: Option<&str>) -> Result<Vm, ClientError> {
+    pub async fn create_vm(
+        &self,
+        req: &CreateVm,
+        idempotency_key: Option<&str>,
+    ) -> Result<Vm, ClientError> {
         match idempotency_key {
             Some(k) => self.api.post_idempotent("/v1/vms", req, k).await,
             None => self.api.post("/v1/vms", req).await,
@@ -116,7 +130,11 @@ impl PlasmavmcClient {
 
     pub async fn list_vms(&self, page_token: Option<&str>) -> Result<Page<Vm>, ClientError> {
         match page_token {
-            Some(t) => self.api.get(&format!("/v1/vms?page_token={}", enc(t))).await,
+            Some(t) => {
+                self.api
+                    .get(&format!("/v1/vms?page_token={}", enc(t)))
+                    .await
+            }
             None => self.api.get("/v1/vms").await,
         }
     }
@@ -140,7 +158,10 @@ impl PlasmavmcClient {
 
     pub async fn start_vm(&self, id: &str) -> Result<Vm, ClientError> {
         self.api
-            .post(&format!("/v1/vms/{}/start", enc(id)), &serde_json::json!({}))
+            .post(
+                &format!("/v1/vms/{}/start", enc(id)),
+                &serde_json::json!({}),
+            )
             .await
     }
 
@@ -155,7 +176,10 @@ impl PlasmavmcClient {
 
     pub async fn reboot_vm(&self, id: &str) -> Result<Vm, ClientError> {
         self.api
-            .post(&format!("/v1/vms/{}/reboot", enc(id)), &serde_json::json!({}))
+            .post(
+                &format!("/v1/vms/{}/reboot", enc(id)),
+                &serde_json::json!({}),
+            )
             .await
     }
 

@@ -75,7 +75,11 @@ pub struct Network {
 }
 
 impl Network {
-    pub fn new(url: &str, service_token: Secret<String>, options: ClientOptions) -> Result<Self, ClientError> {
+    pub fn new(
+        url: &str,
+        service_token: Secret<String>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             url: url.to_owned(),
             service: ApiClient::new(
@@ -101,14 +105,23 @@ impl Network {
     }
 
     /// Takes the caller's existing port for VM `vm_id` (refused if another device owns it).
-    pub async fn claim_port(&self, caller_token: &Secret<String>, port_id: &str, vm_id: &str) -> Result<VmNic, NetError> {
+    pub async fn claim_port(
+        &self,
+        caller_token: &Secret<String>,
+        port_id: &str,
+        vm_id: &str,
+    ) -> Result<VmNic, NetError> {
         let what = format!("port {port_id}");
         let port: Port = self
             .as_caller(caller_token)?
             .get(&format!("/v1/ports/{port_id}"))
             .await
             .map_err(|e| classify(&what, e))?;
-        if port.device_id.as_deref().is_some_and(|d| !d.is_empty() && d != vm_id) {
+        if port
+            .device_id
+            .as_deref()
+            .is_some_and(|d| !d.is_empty() && d != vm_id)
+        {
             return Err(NetError::Conflict(format!(
                 "port {port_id} is in use by {}",
                 port.device_id.unwrap_or_default()
@@ -130,7 +143,13 @@ impl Network {
     }
 
     /// A new port in the caller's subnet, owned by VM `vm_id`.
-    pub async fn create_port(&self, caller_token: &Secret<String>, subnet_id: &str, vm_id: &str, vm_name: &str) -> Result<VmNic, NetError> {
+    pub async fn create_port(
+        &self,
+        caller_token: &Secret<String>,
+        subnet_id: &str,
+        vm_id: &str,
+        vm_name: &str,
+    ) -> Result<VmNic, NetError> {
         let port: Port = self
             .as_caller(caller_token)?
             .post(
@@ -148,7 +167,11 @@ impl Network {
     }
 
     pub async fn delete_port(&self, port_id: &str) -> Result<(), NetError> {
-        match self.service.delete_no_content(&format!("/v1/ports/{port_id}")).await {
+        match self
+            .service
+            .delete_no_content(&format!("/v1/ports/{port_id}"))
+            .await
+        {
             Ok(()) => Ok(()),
             Err(e) if e.status() == Some(404) => Ok(()),
             Err(e) => Err(classify(&format!("port {port_id}"), e)),
@@ -221,7 +244,12 @@ impl Network {
     }
 
     /// Waits until the port's device on `host` is ready; its tap name.
-    pub async fn wait_active(&self, port_id: &str, host: &str, timeout: std::time::Duration) -> Result<Port, NetError> {
+    pub async fn wait_active(
+        &self,
+        port_id: &str,
+        host: &str,
+        timeout: std::time::Duration,
+    ) -> Result<Port, NetError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let port = self.get_port(port_id).await?;

@@ -123,7 +123,10 @@ mod tests {
         let ws = [c("a", 4, 1024, 0, 900), c("b", 2, 2048, 2, 0)];
         assert!(matches!(
             place(&ws, 1, 4096, None),
-            Err(PlacementError::TooLarge { max_memory_mib: 2048, .. })
+            Err(PlacementError::TooLarge {
+                max_memory_mib: 2048,
+                ..
+            })
         ));
         assert!(matches!(
             place(&ws, 8, 128, None),

@@ -86,12 +86,19 @@ async fn create_image(
     caller: Caller,
     Json(req): Json<CreateImage>,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
-    Ok((StatusCode::CREATED, Json(p.create_image(&caller, req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(p.create_image(&caller, req).await?),
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/images", params(("page_size" = Option<u32>, Query), ("page_token" = Option<String>, Query)),
     responses((status = 200, body = Page<Image>)), security(("bearer" = [])))]
-async fn list_images(State(p): S, caller: Caller, Query(q): Query<ListQuery>) -> Answer<Page<Image>> {
+async fn list_images(
+    State(p): S,
+    caller: Caller,
+    Query(q): Query<ListQuery>,
+) -> Answer<Page<Image>> {
     Ok(Json(p.list_images(&caller, q.into_page()).await?))
 }
 
@@ -342,15 +349,50 @@ async fn console(
 #[openapi(
     info(title = "plasmavmc", description = "VMs, images and workers"),
     paths(
-        create_image, list_images, get_image, delete_image,
-        register_worker, list_workers, get_worker, delete_worker, drain_worker, undrain_worker, heartbeat,
-        create_vm, list_vms, get_vm, delete_vm, start_vm, stop_vm, reboot_vm, resize_vm, migrate_vm,
-        vm_events, console
+        create_image,
+        list_images,
+        get_image,
+        delete_image,
+        register_worker,
+        list_workers,
+        get_worker,
+        delete_worker,
+        drain_worker,
+        undrain_worker,
+        heartbeat,
+        create_vm,
+        list_vms,
+        get_vm,
+        delete_vm,
+        start_vm,
+        stop_vm,
+        reboot_vm,
+        resize_vm,
+        migrate_vm,
+        vm_events,
+        console
     ),
     components(schemas(
-        Image, CreateImage, ImageKind, Worker, RegisterWorker, Heartbeat, VmReport, Assignment,
-        Vm, CreateVm, VmState, PowerState, VmVolume, VmNic, VolumeRequest, StopVm, ResizeVm,
-        MigrateVm, VmEvent, ConsoleLog
+        Image,
+        CreateImage,
+        ImageKind,
+        Worker,
+        RegisterWorker,
+        Heartbeat,
+        VmReport,
+        Assignment,
+        Vm,
+        CreateVm,
+        VmState,
+        PowerState,
+        VmVolume,
+        VmNic,
+        VolumeRequest,
+        StopVm,
+        ResizeVm,
+        MigrateVm,
+        VmEvent,
+        ConsoleLog
     ))
 )]
 pub struct PlasmavmcApi;

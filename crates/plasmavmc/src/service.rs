@@ -269,7 +269,9 @@ impl Plasmavmc {
         let scope = Scope::of(caller)?;
         check_name("image", &req.name)?;
         if req.public && !scope.operator {
-            return Err(VmError::Denied("only the operator registers public images".into()));
+            return Err(VmError::Denied(
+                "only the operator registers public images".into(),
+            ));
         }
         let mut size = 0;
         match req.kind {
@@ -390,7 +392,9 @@ impl Plasmavmc {
         let image = self.visible_image(&scope, id).await?;
         if !scope.sees(&image.org_id, &image.project_id) {
             // A public image of the operator: visible, but not the tenant's to delete.
-            return Err(VmError::Denied("only the operator deletes public images".into()));
+            return Err(VmError::Denied(
+                "only the operator deletes public images".into(),
+            ));
         }
         if self
             .store
@@ -568,7 +572,12 @@ impl Plasmavmc {
         hb: Heartbeat,
     ) -> Result<Vec<Assignment>> {
         require_operator(caller, "a worker heartbeat")?;
-        if !self.store.heartbeat(name, now()).await.map_err(store_error)? {
+        if !self
+            .store
+            .heartbeat(name, now())
+            .await
+            .map_err(store_error)?
+        {
             return Err(VmError::NotFound(format!(
                 "worker {name:?} is not registered"
             )));
@@ -791,10 +800,13 @@ impl Plasmavmc {
         {
             return Err(VmError::Invalid("root_volume_mib: 1 MiB to 16 TiB".into()));
         }
-        let image = self.visible_image(&scope, &req.image).await.map_err(|e| match e {
-            VmError::NotFound(m) => VmError::Invalid(m),
-            e => e,
-        })?;
+        let image = self
+            .visible_image(&scope, &req.image)
+            .await
+            .map_err(|e| match e {
+                VmError::NotFound(m) => VmError::Invalid(m),
+                e => e,
+            })?;
         if image.kind == ImageKind::Disk
             && let Some(s) = req.root_volume_mib
             && s * MIB < image.size_bytes
@@ -855,13 +867,14 @@ impl Plasmavmc {
         let mut placed = false;
         for _ in 0..8 {
             let candidates = self.candidates().await?;
-            let chosen = placement::place(&candidates, req.vcpus, req.memory_mib, None)
-                .map_err(|e| match e {
+            let chosen = placement::place(&candidates, req.vcpus, req.memory_mib, None).map_err(
+                |e| match e {
                     PlacementError::TooLarge { .. } => VmError::Invalid(e.to_string()),
                     PlacementError::NoWorkers | PlacementError::NoCapacity { .. } => {
                         VmError::NoCapacity(e.to_string())
                     }
-                })?;
+                },
+            )?;
             rec.vm.worker = chosen.name.clone();
             match self
                 .store
@@ -914,7 +927,9 @@ impl Plasmavmc {
             Ok(true) => {}
             Ok(false) => {
                 self.undo_create(&rec).await;
-                return Err(VmError::Conflict("the VM changed while being created".into()));
+                return Err(VmError::Conflict(
+                    "the VM changed while being created".into(),
+                ));
             }
             Err(e) => {
                 self.undo_create(&rec).await;
@@ -937,7 +952,9 @@ impl Plasmavmc {
         if self.store.update_vm(rec).await.map_err(store_error)? {
             Ok(())
         } else {
-            Err(VmError::Conflict("the VM changed while being created".into()))
+            Err(VmError::Conflict(
+                "the VM changed while being created".into(),
+            ))
         }
     }
 
@@ -1028,7 +1045,11 @@ impl Plasmavmc {
                     .map_err(|e| dependency_error(&format!("{role} volume"), e))?;
                 rec.vm.volumes.push(VmVolume {
                     volume_id: vol.id,
-                    role: if role == "root" { "root".into() } else { "data".into() },
+                    role: if role == "root" {
+                        "root".into()
+                    } else {
+                        "data".into()
+                    },
                     size_mib: vol.size_bytes / MIB,
                     owned: true,
                 });

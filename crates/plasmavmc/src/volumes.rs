@@ -47,7 +47,11 @@ pub struct Volumes {
 }
 
 impl Volumes {
-    pub fn new(url: &str, token: Secret<String>, options: ClientOptions) -> Result<Self, ClientError> {
+    pub fn new(
+        url: &str,
+        token: Secret<String>,
+        options: ClientOptions,
+    ) -> Result<Self, ClientError> {
         Ok(Self {
             api: ApiClient::new(
                 url,
@@ -70,10 +74,17 @@ impl Volumes {
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
-        self.api.delete_no_content(&format!("/v1/volumes/{id}")).await
+        self.api
+            .delete_no_content(&format!("/v1/volumes/{id}"))
+            .await
     }
 
-    pub async fn attach(&self, id: &str, worker: &str, prefer_local: bool) -> Result<AttachInfo, ClientError> {
+    pub async fn attach(
+        &self,
+        id: &str,
+        worker: &str,
+        prefer_local: bool,
+    ) -> Result<AttachInfo, ClientError> {
         self.api
             .post(
                 &format!("/v1/volumes/{id}/attach"),

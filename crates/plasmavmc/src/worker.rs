@@ -175,7 +175,10 @@ pub async fn start(
         .unwrap_or_else(|| ctx.bind.to_string());
 
     let agent = Arc::new(Agent {
-        host: config.prismnet_host.clone().unwrap_or_else(|| ctx.node_name.clone()),
+        host: config
+            .prismnet_host
+            .clone()
+            .unwrap_or_else(|| ctx.node_name.clone()),
         name: name.clone(),
         cp,
         hv,
@@ -216,7 +219,11 @@ pub async fn start(
         let shutdown = shutdown.clone();
         let heartbeat = Duration::from_secs(config.heartbeat_secs);
         let resync = Duration::from_secs(config.resync_secs);
-        async move { agent.run(registration, heartbeat.min(resync), shutdown).await }
+        async move {
+            agent
+                .run(registration, heartbeat.min(resync), shutdown)
+                .await
+        }
     };
     let task = tokio::spawn(async move {
         tokio::join!(server.serve(shutdown), run);
@@ -230,7 +237,12 @@ pub async fn start(
 }
 
 impl Agent {
-    async fn run(self: Arc<Self>, registration: RegisterWorker, period: Duration, shutdown: Shutdown) {
+    async fn run(
+        self: Arc<Self>,
+        registration: RegisterWorker,
+        period: Duration,
+        shutdown: Shutdown,
+    ) {
         // Register (the control plane may come up after us).
         loop {
             match self.cp.register_worker(&registration).await {
@@ -249,7 +261,12 @@ impl Agent {
             let reports: Vec<VmReport> = lock(&self.observed).values().cloned().collect();
             match self
                 .cp
-                .heartbeat(&self.name, &Heartbeat { vms: reports.clone() })
+                .heartbeat(
+                    &self.name,
+                    &Heartbeat {
+                        vms: reports.clone(),
+                    },
+                )
                 .await
             {
                 Ok(assignments) => {
@@ -483,7 +500,10 @@ impl Agent {
             .await
             .map_err(|e| format!("seed dir: {e}"))?;
         let meta = format!("instance-id: {}\nlocal-hostname: {}\n", vm.id, vm.name);
-        let user_data = a.user_data.clone().unwrap_or_else(|| "#cloud-config\n".into());
+        let user_data = a
+            .user_data
+            .clone()
+            .unwrap_or_else(|| "#cloud-config\n".into());
         let net_cfg = (!vm.nics.is_empty()).then_some(network_config);
         let seed = {
             let dir = seed_dir.clone();
@@ -505,7 +525,10 @@ impl Agent {
                     None => None,
                 };
                 let mut cmdline = a.image.cmdline.clone().unwrap_or_default();
-                if !cmdline.split_whitespace().any(|w| w.starts_with("console=")) {
+                if !cmdline
+                    .split_whitespace()
+                    .any(|w| w.starts_with("console="))
+                {
                     cmdline = format!("console=ttyS0 {cmdline}").trim().to_owned();
                 }
                 Boot::Kernel {
@@ -542,7 +565,10 @@ impl Agent {
         if !(location.starts_with("http://") || location.starts_with("https://")) {
             let p = PathBuf::from(location);
             if !p.is_file() {
-                return Err(format!("image {} {what}: {location} is not on this worker", image.id));
+                return Err(format!(
+                    "image {} {what}: {location} is not on this worker",
+                    image.id
+                ));
             }
             return Ok(p);
         }
@@ -551,7 +577,9 @@ impl Agent {
         if path.is_file() {
             return Ok(path);
         }
-        tokio::fs::create_dir_all(&dir).await.map_err(|e| e.to_string())?;
+        tokio::fs::create_dir_all(&dir)
+            .await
+            .map_err(|e| e.to_string())?;
         let bytes = reqwest::get(location)
             .await
             .and_then(|r| r.error_for_status())
@@ -560,8 +588,12 @@ impl Agent {
             .await
             .map_err(|e| format!("download {location}: {e}"))?;
         let tmp = dir.join(format!(".{what}.part"));
-        tokio::fs::write(&tmp, &bytes).await.map_err(|e| e.to_string())?;
-        tokio::fs::rename(&tmp, &path).await.map_err(|e| e.to_string())?;
+        tokio::fs::write(&tmp, &bytes)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(path)
     }
 

@@ -49,21 +49,50 @@ async fn images_bad_input_and_tenancy() {
     // Image registration: bad input is refused with a clear error and nothing is stored.
     let g = cloud::guest();
     for (body, why) in [
-        (json!({"name": "t", "kind": "kernel", "kernel": "/nonexistent/vmlinuz"}), "missing kernel"),
-        (json!({"name": "t", "kind": "kernel", "kernel": "vmlinuz"}), "relative path"),
-        (json!({"name": "Bad Name", "kind": "kernel", "kernel": g.kernel}), "bad name"),
+        (
+            json!({"name": "t", "kind": "kernel", "kernel": "/nonexistent/vmlinuz"}),
+            "missing kernel",
+        ),
+        (
+            json!({"name": "t", "kind": "kernel", "kernel": "vmlinuz"}),
+            "relative path",
+        ),
+        (
+            json!({"name": "Bad Name", "kind": "kernel", "kernel": g.kernel}),
+            "bad name",
+        ),
         (json!({"name": "t", "kind": "disk"}), "disk without a disk"),
-        (json!({"name": "t", "kind": "disk", "disk": g.kernel, "format": "vmdk"}), "unknown format"),
-        (json!({"name": "t", "kind": "kernel", "kernel": g.kernel, "disk": g.kernel}), "mixed kinds"),
-        (json!({"name": "t", "kind": "floppy", "kernel": g.kernel}), "unknown kind"),
+        (
+            json!({"name": "t", "kind": "disk", "disk": g.kernel, "format": "vmdk"}),
+            "unknown format",
+        ),
+        (
+            json!({"name": "t", "kind": "kernel", "kernel": g.kernel, "disk": g.kernel}),
+            "mixed kinds",
+        ),
+        (
+            json!({"name": "t", "kind": "floppy", "kernel": g.kernel}),
+            "unknown kind",
+        ),
     ] {
-        let (s, e) = cloud.as_(&alice, Method::POST, "/v1/images", Some(body)).await;
+        let (s, e) = cloud
+            .as_(&alice, Method::POST, "/v1/images", Some(body))
+            .await;
         assert_eq!(s, 400, "{why}: {e}");
         assert_eq!(e["error"]["code"], "invalid_argument", "{why}: {e}");
-        assert!(e["error"]["request_id"].as_str().is_some_and(|r| !r.is_empty()));
+        assert!(
+            e["error"]["request_id"]
+                .as_str()
+                .is_some_and(|r| !r.is_empty())
+        );
     }
     let (s, e) = cloud
-        .as_(&alice, Method::POST, "/v1/images", Some(json!({"name": "t", "kind": "kernel", "kernel": g.kernel, "public": true})))
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "t", "kind": "kernel", "kernel": g.kernel, "public": true})),
+        )
         .await;
     assert_eq!(s, 403, "a tenant cannot publish: {e}");
     let (_, list) = cloud.as_(&alice, Method::GET, "/v1/images", None).await;
@@ -71,45 +100,99 @@ async fn images_bad_input_and_tenancy() {
 
     let image = cloud.tiny_image(&alice, "tiny").await;
     let (s, e) = cloud
-        .as_(&alice, Method::POST, "/v1/images", Some(json!({"name": "tiny", "kind": "kernel", "kernel": g.kernel})))
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "tiny", "kind": "kernel", "kernel": g.kernel})),
+        )
         .await;
     assert_eq!(s, 409, "duplicate name: {e}");
     // By id and by name for its owner; invisible to another tenant.
-    let (s, _) = cloud.as_(&alice, Method::GET, &format!("/v1/images/{image}"), None).await;
+    let (s, _) = cloud
+        .as_(&alice, Method::GET, &format!("/v1/images/{image}"), None)
+        .await;
     assert_eq!(s, 200);
-    let (s, by_name) = cloud.as_(&alice, Method::GET, "/v1/images/tiny", None).await;
+    let (s, by_name) = cloud
+        .as_(&alice, Method::GET, "/v1/images/tiny", None)
+        .await;
     assert_eq!((s, by_name["id"].as_str()), (200, Some(image.as_str())));
-    let (s, _) = cloud.as_(&bob, Method::GET, &format!("/v1/images/{image}"), None).await;
+    let (s, _) = cloud
+        .as_(&bob, Method::GET, &format!("/v1/images/{image}"), None)
+        .await;
     assert_eq!(s, 404);
 
     // VM creates with bad input: each refused, nothing created anywhere.
-    let vm = |image: &str, vcpus: u32, memory: u64| {
-        json!({"name": "web", "image": image, "vcpus": vcpus, "memory_mib": memory, "root_volume_mib": 8})
-    };
+    let vm = |image: &str, vcpus: u32, memory: u64| json!({"name": "web", "image": image, "vcpus": vcpus, "memory_mib": memory, "root_volume_mib": 8});
     for (token, body, status, why) in [
         (&alice, vm("no-such-image", 1, 128), 400, "unknown image"),
         (&bob, vm(&image, 1, 128), 400, "another tenant's image"),
         (&alice, vm(&image, 0, 128), 400, "zero vCPUs"),
-        (&alice, vm(&image, 1, 1 << 30), 400, "memory larger than any worker"),
+        (
+            &alice,
+            vm(&image, 1, 1 << 30),
+            400,
+            "memory larger than any worker",
+        ),
         (&alice, vm(&image, 1, 4), 400, "too little memory"),
-        (&alice, json!({"name": "web", "image": image, "vcpus": 1, "memory_mib": 128, "volumes": [{"size_mib": 0}]}), 400, "zero-sized volume"),
-        (&alice, json!({"name": "Web!", "image": image, "vcpus": 1, "memory_mib": 128}), 400, "bad name"),
-        (&alice, json!({"name": "web", "image": image, "vcpus": 1, "memory_mib": 128, "cores": 2}), 400, "unknown field"),
+        (
+            &alice,
+            json!({"name": "web", "image": image, "vcpus": 1, "memory_mib": 128, "volumes": [{"size_mib": 0}]}),
+            400,
+            "zero-sized volume",
+        ),
+        (
+            &alice,
+            json!({"name": "Web!", "image": image, "vcpus": 1, "memory_mib": 128}),
+            400,
+            "bad name",
+        ),
+        (
+            &alice,
+            json!({"name": "web", "image": image, "vcpus": 1, "memory_mib": 128, "cores": 2}),
+            400,
+            "unknown field",
+        ),
     ] {
         let (s, e) = cloud.as_(token, Method::POST, "/v1/vms", Some(body)).await;
         assert_eq!(s, status, "{why}: {e}");
-        assert!(e["error"]["message"].as_str().is_some_and(|m| !m.is_empty()), "{why}: {e}");
+        assert!(
+            e["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{why}: {e}"
+        );
     }
     let largest = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0]["memory_mib"]
         .as_u64()
         .unwrap();
-    let (s, e) = cloud.as_(&alice, Method::POST, "/v1/vms", Some(vm(&image, 1, largest + 1))).await;
+    let (s, e) = cloud
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/vms",
+            Some(vm(&image, 1, largest + 1)),
+        )
+        .await;
     assert_eq!(s, 400, "{e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains("larger than any worker"), "{e}");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("larger than any worker"),
+        "{e}"
+    );
     let all = cloud.ok(Method::GET, "/v1/vms", None).await;
-    assert_eq!(all["items"].as_array().unwrap().len(), 0, "no VM row: {all}");
+    assert_eq!(
+        all["items"].as_array().unwrap().len(),
+        0,
+        "no VM row: {all}"
+    );
     assert!(coronafs_volumes(&cloud).await.is_empty(), "no volume left");
-    assert!(cloud::qemus_under(&cloud.worker_dir()).is_empty(), "no QEMU");
+    assert!(
+        cloud::qemus_under(&cloud.worker_dir()).is_empty(),
+        "no QEMU"
+    );
 
     // An image in use cannot be deleted; an unused one can.
     let (s, created) = cloud
@@ -117,22 +200,39 @@ async fn images_bad_input_and_tenancy() {
         .await;
     assert_eq!(s, 201, "{created}");
     let id = created["id"].as_str().unwrap();
-    let (s, _) = cloud.as_(&alice, Method::DELETE, &format!("/v1/images/{image}"), None).await;
+    let (s, _) = cloud
+        .as_(&alice, Method::DELETE, &format!("/v1/images/{image}"), None)
+        .await;
     assert_eq!(s, 409);
     // Tenancy: bob sees neither the VM nor its console.
-    for path in [format!("/v1/vms/{id}"), format!("/v1/vms/{id}/console"), format!("/v1/vms/{id}/events")] {
+    for path in [
+        format!("/v1/vms/{id}"),
+        format!("/v1/vms/{id}/console"),
+        format!("/v1/vms/{id}/events"),
+    ] {
         let (s, _) = cloud.as_(&bob, Method::GET, &path, None).await;
         assert_eq!(s, 404, "{path}");
     }
-    let (s, _) = cloud.as_(&bob, Method::DELETE, &format!("/v1/vms/{id}?force=true"), None).await;
+    let (s, _) = cloud
+        .as_(
+            &bob,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
+        .await;
     assert_eq!(s, 404);
     let (_, bobs) = cloud.as_(&bob, Method::GET, "/v1/vms", None).await;
     assert_eq!(bobs["items"].as_array().unwrap().len(), 0);
     cloud.wait_state(&alice, id, "stopped").await;
-    let (s, _) = cloud.as_(&alice, Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    let (s, _) = cloud
+        .as_(&alice, Method::DELETE, &format!("/v1/vms/{id}"), None)
+        .await;
     assert!(s == 204 || s == 202, "{s}");
     cloud.wait_gone(&alice, id).await;
-    let (s, e) = cloud.as_(&alice, Method::DELETE, &format!("/v1/images/{image}"), None).await;
+    let (s, e) = cloud
+        .as_(&alice, Method::DELETE, &format!("/v1/images/{image}"), None)
+        .await;
     assert_eq!(s, 204, "{e}");
 }
 
@@ -148,14 +248,18 @@ async fn placement_spreads_by_free_capacity_and_never_overfills() {
         .as_str()
         .unwrap()
         .to_owned();
-    cloud.ok(Method::POST, &format!("/v1/workers/{real}/drain"), None).await;
+    cloud
+        .ok(Method::POST, &format!("/v1/workers/{real}/drain"), None)
+        .await;
     for (name, mem) in [("w-a", 1000), ("w-b", 600)] {
         cloud
             .ok(
                 Method::PUT,
                 &format!("/v1/workers/{name}"),
-                Some(json!({"name": name, "url": "http://127.0.0.1:9", "host": name, "vcpus": 16,
-                    "memory_mib": mem, "accel": "tcg", "migration_address": "127.0.0.1"})),
+                Some(
+                    json!({"name": name, "url": "http://127.0.0.1:9", "host": name, "vcpus": 16,
+                    "memory_mib": mem, "accel": "tcg", "migration_address": "127.0.0.1"}),
+                ),
             )
             .await;
     }
@@ -186,9 +290,17 @@ async fn placement_spreads_by_free_capacity_and_never_overfills() {
         .as_array()
         .unwrap()
         .iter()
-        .map(|w| (w["name"].as_str().unwrap().to_owned(), w["used_memory_mib"].as_u64().unwrap()))
+        .map(|w| {
+            (
+                w["name"].as_str().unwrap().to_owned(),
+                w["used_memory_mib"].as_u64().unwrap(),
+            )
+        })
         .collect();
-    assert!(used.contains(&("w-a".into(), 800)) && used.contains(&("w-b".into(), 400)), "{used:?}");
+    assert!(
+        used.contains(&("w-a".into(), 800)) && used.contains(&("w-b".into(), 400)),
+        "{used:?}"
+    );
 
     // Concurrent creates never overfill: 200 MiB free on each, 8 creates of 100 MiB race
     // for 4 slots.
@@ -206,7 +318,9 @@ async fn placement_spreads_by_free_capacity_and_never_overfills() {
     }
 
     // Idempotent create: the same key returns the same VM, not a second one.
-    cloud.ok(Method::POST, &format!("/v1/workers/{real}/undrain"), None).await;
+    cloud
+        .ok(Method::POST, &format!("/v1/workers/{real}/undrain"), None)
+        .await;
     let keyed = |key: &'static str| {
         let url = cloud.url.clone();
         let tenant = tenant.clone();

@@ -56,8 +56,10 @@ async fn live_migration_between_two_worker_processes() {
             &t,
             Method::POST,
             "/v1/images",
-            Some(json!({"name": "ticker", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
-                "cmdline": "console=ttyS0 loglevel=4 uc.tick=1"})),
+            Some(
+                json!({"name": "ticker", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
+                "cmdline": "console=ttyS0 loglevel=4 uc.tick=1"}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{img}");
@@ -92,16 +94,31 @@ async fn live_migration_between_two_worker_processes() {
 
     // Bad input first: unknown worker, the VM's own worker.
     let (s, e) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/migrate"), Some(json!({"worker": "nope"})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": "nope"})),
+        )
         .await;
     assert_eq!(s, 400, "{e}");
     let (s, e) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/migrate"), Some(json!({"worker": source})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": source})),
+        )
         .await;
     assert_eq!(s, 400, "{e}");
 
     let (s, moved) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/migrate"), Some(json!({"worker": target})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": target})),
+        )
         .await;
     assert_eq!(s, 200, "{moved}");
     assert_eq!(moved["worker"], target.as_str(), "{moved}");
@@ -112,28 +129,46 @@ async fn live_migration_between_two_worker_processes() {
     let after = cloud::qemu_pids(&id);
     assert_eq!(after.len(), 1, "{after:?}");
     assert_ne!(after, before);
-    let target_dir = if target == "uc-w2" { second_dir.clone() } else { cloud.worker_dir() };
+    let target_dir = if target == "uc-w2" {
+        second_dir.clone()
+    } else {
+        cloud.worker_dir()
+    };
     assert_eq!(cloud::qemus_under(&target_dir), after);
     // The guest kept running: its ticks continue on the target's console without a boot.
     let (console, _) = cloud.wait_console(&t, &id, "UC-TICK", 0).await;
     assert!(!console.contains("UC-BOOT-OK"), "no reboot: {console}");
-    let (s, events) = cloud.as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None).await;
+    let (s, events) = cloud
+        .as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None)
+        .await;
     assert_eq!(s, 200);
     assert!(events.to_string().contains("migrated"), "{events}");
 
     // Same disk: stop/start on the target counts the second boot.
     let (s, _) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/stop"), Some(json!({"timeout_secs": 0})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/stop"),
+            Some(json!({"timeout_secs": 0})),
+        )
         .await;
     assert_eq!(s, 200);
     cloud.wait_state(&t, &id, "stopped").await;
-    let (s, _) = cloud.as_(&t, Method::POST, &format!("/v1/vms/{id}/start"), None).await;
+    let (s, _) = cloud
+        .as_(&t, Method::POST, &format!("/v1/vms/{id}/start"), None)
+        .await;
     assert_eq!(s, 200);
     let (console, _) = cloud.wait_console(&t, &id, "UC-DISK boots=2", 0).await;
     assert!(console.contains("UC-BOOT-OK mover"), "{console}");
 
     let (s, _) = cloud
-        .as_(&t, Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
+        .as_(
+            &t,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
         .await;
     assert!(s == 204 || s == 202, "{s}");
     cloud.wait_gone(&t, &id).await;

@@ -27,11 +27,23 @@ impl Drop for Netns {
     }
 }
 
-async fn net(cloud: &Cloud, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+async fn net(
+    cloud: &Cloud,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
     cloud::call(&cloud.info.url("prismnet"), Some(token), method, path, body).await
 }
 
-async fn net_ok(cloud: &Cloud, token: &str, method: Method, path: &str, body: Option<Value>) -> Value {
+async fn net_ok(
+    cloud: &Cloud,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
     let (s, b) = net(cloud, token, method, path, body).await;
     assert!((200..300).contains(&s), "{path}: {s} {b}");
     b
@@ -39,7 +51,14 @@ async fn net_ok(cloud: &Cloud, token: &str, method: Method, path: &str, body: Op
 
 /// A VPC with one DHCP subnet; the subnet's id.
 async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> String {
-    let vpc = net_ok(cloud, token, Method::POST, "/v1/vpcs", Some(json!({"name": "net", "cidr": cidr16}))).await;
+    let vpc = net_ok(
+        cloud,
+        token,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "net", "cidr": cidr16})),
+    )
+    .await;
     let subnet = net_ok(
         cloud,
         token,
@@ -96,7 +115,19 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
     .await;
     let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
     wait_port(&cloud, &a, peer["id"].as_str().unwrap(), "active").await;
-    assert!(ip(&["-n", &ns.0, "addr", "add", &format!("{peer_ip}/24"), "dev", "eth0"]).status.success());
+    assert!(
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{peer_ip}/24"),
+            "dev",
+            "eth0"
+        ])
+        .status
+        .success()
+    );
     let _ = ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
 
     let g = cloud::guest();
@@ -105,41 +136,102 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
             &a,
             Method::POST,
             "/v1/images",
-            Some(json!({"name": "tiny", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
-                "cmdline": format!("console=ttyS0 loglevel=4 uc.ping={peer_ip}")})),
+            Some(
+                json!({"name": "tiny", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
+                "cmdline": format!("console=ttyS0 loglevel=4 uc.ping={peer_ip}")}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{img}");
 
     // Another tenant's port: refused, nothing created, the port untouched.
-    let foreign = net_ok(&cloud, &b, Method::POST, "/v1/ports", Some(json!({"subnet_id": b_subnet, "name": "mine"}))).await;
+    let foreign = net_ok(
+        &cloud,
+        &b,
+        Method::POST,
+        "/v1/ports",
+        Some(json!({"subnet_id": b_subnet, "name": "mine"})),
+    )
+    .await;
     let foreign_id = foreign["id"].as_str().unwrap();
     let (s, e) = cloud
-        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "thief", "image": "tiny", "vcpus": 1, "memory_mib": 128,
-            "root_volume_mib": 8, "ports": [foreign_id]})))
+        .as_(
+            &a,
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "thief", "image": "tiny", "vcpus": 1, "memory_mib": 128,
+            "root_volume_mib": 8, "ports": [foreign_id]}),
+            ),
+        )
         .await;
     assert!(s == 404 || s == 400, "{s} {e}");
-    assert!(e["error"]["message"].as_str().unwrap().contains(foreign_id), "{e}");
-    let untouched = net_ok(&cloud, &b, Method::GET, &format!("/v1/ports/{foreign_id}"), None).await;
-    assert!(untouched["device_id"].is_null() && untouched["binding"].is_null(), "{untouched}");
+    assert!(
+        e["error"]["message"].as_str().unwrap().contains(foreign_id),
+        "{e}"
+    );
+    let untouched = net_ok(
+        &cloud,
+        &b,
+        Method::GET,
+        &format!("/v1/ports/{foreign_id}"),
+        None,
+    )
+    .await;
+    assert!(
+        untouched["device_id"].is_null() && untouched["binding"].is_null(),
+        "{untouched}"
+    );
     let (_, vms) = cloud.as_(&a, Method::GET, "/v1/vms", None).await;
     assert_eq!(vms["items"].as_array().unwrap().len(), 0);
-    let (_, vols) = cloud::call(&cloud.info.url("coronafs"), Some(&cloud.admin_token), Method::GET, "/v1/volumes", None).await;
-    assert_eq!(vols["items"].as_array().unwrap().len(), 0, "no volume left: {vols}");
+    let (_, vols) = cloud::call(
+        &cloud.info.url("coronafs"),
+        Some(&cloud.admin_token),
+        Method::GET,
+        "/v1/volumes",
+        None,
+    )
+    .await;
+    assert_eq!(
+        vols["items"].as_array().unwrap().len(),
+        0,
+        "no volume left: {vols}"
+    );
     assert!(cloud::qemus_under(&cloud.worker_dir()).is_empty());
     // An unknown subnet: same.
     let (s, _) = cloud
-        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "lost", "image": "tiny", "vcpus": 1, "memory_mib": 128,
-            "subnets": ["subnet-nope"]})))
+        .as_(
+            &a,
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "lost", "image": "tiny", "vcpus": 1, "memory_mib": 128,
+            "subnets": ["subnet-nope"]}),
+            ),
+        )
         .await;
     assert!(s == 404 || s == 400);
 
     // A VM with a port it creates in the subnet, and one it is given.
-    let given = net_ok(&cloud, &a, Method::POST, "/v1/ports", Some(json!({"subnet_id": subnet, "name": "given"}))).await;
+    let given = net_ok(
+        &cloud,
+        &a,
+        Method::POST,
+        "/v1/ports",
+        Some(json!({"subnet_id": subnet, "name": "given"})),
+    )
+    .await;
     let given_id = given["id"].as_str().unwrap().to_owned();
     let (s, vm) = cloud
-        .as_(&a, Method::POST, "/v1/vms", Some(json!({"name": "web", "image": "tiny", "vcpus": 1, "memory_mib": 160,
-            "subnets": [subnet], "ports": [given_id]})))
+        .as_(
+            &a,
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "web", "image": "tiny", "vcpus": 1, "memory_mib": 160,
+            "subnets": [subnet], "ports": [given_id]}),
+            ),
+        )
         .await;
     assert_eq!(s, 201, "{vm}");
     let id = vm["id"].as_str().unwrap().to_owned();
@@ -157,23 +249,57 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
         .find_map(|l| l.trim().strip_prefix("UC-GUEST-IP "))
         .unwrap_or("none")
         .to_owned();
-    assert_eq!(got.split('/').next(), Some(first_ip.as_str()), "DHCP gave the port's address: {console}");
-    assert!(console.contains(&format!("UC-PING {peer_ip} ok")), "reached the other port: {console}");
+    assert_eq!(
+        got.split('/').next(),
+        Some(first_ip.as_str()),
+        "DHCP gave the port's address: {console}"
+    );
+    assert!(
+        console.contains(&format!("UC-PING {peer_ip} ok")),
+        "reached the other port: {console}"
+    );
     let port = wait_port(&cloud, &a, &given_id, "active").await;
     let tap = port["device"].as_str().unwrap().to_owned();
     assert_eq!(port["device_id"], id.as_str());
-    assert!(ip(&["link", "show", &tap]).status.success(), "tap {tap} exists");
+    assert!(
+        ip(&["link", "show", &tap]).status.success(),
+        "tap {tap} exists"
+    );
 
-    let (s, _) = cloud.as_(&a, Method::DELETE, &format!("/v1/vms/{id}?force=true"), None).await;
+    let (s, _) = cloud
+        .as_(
+            &a,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
+        .await;
     assert!(s == 204 || s == 202);
     cloud.wait_gone(&a, &id).await;
     assert!(cloud::qemu_pids(&id).is_empty());
     // The port it created is gone; the one it was given is back, unbound.
-    let (s, _) = net(&cloud, &a, Method::GET, &format!("/v1/ports/{created_port}"), None).await;
+    let (s, _) = net(
+        &cloud,
+        &a,
+        Method::GET,
+        &format!("/v1/ports/{created_port}"),
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
-    let released = net_ok(&cloud, &a, Method::GET, &format!("/v1/ports/{given_id}"), None).await;
+    let released = net_ok(
+        &cloud,
+        &a,
+        Method::GET,
+        &format!("/v1/ports/{given_id}"),
+        None,
+    )
+    .await;
     assert!(released["binding"].is_null(), "{released}");
-    assert!(released["device_id"].as_str().is_none_or(str::is_empty), "{released}");
+    assert!(
+        released["device_id"].as_str().is_none_or(str::is_empty),
+        "{released}"
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     while ip(&["link", "show", &tap]).status.success() {
         assert!(Instant::now() < deadline, "tap {tap} left behind");

@@ -45,22 +45,35 @@ async fn vm_boots_keeps_its_disk_and_survives_an_agent_kill() {
     assert_eq!(vm["image_id"], image.as_str());
     assert_eq!(vm["volumes"][0]["role"], "root");
     assert_eq!(vm["has_user_data"], true);
-    assert!(vm.get("user_data").is_none(), "user-data is not echoed back");
+    assert!(
+        vm.get("user_data").is_none(),
+        "user-data is not echoed back"
+    );
 
     cloud.wait_state(&t, &id, "running").await;
     let (console, offset) = cloud.wait_console(&t, &id, "UC-BOOT-OK box", 0).await;
     assert!(console.contains("UC-USER-DATA #!/bin/sh"), "{console}");
-    assert!(console.contains("hello-from-user-data"), "user-data ran: {console}");
+    assert!(
+        console.contains("hello-from-user-data"),
+        "user-data ran: {console}"
+    );
     assert_eq!(boots(&console), vec![1], "{console}");
     let pids = cloud::qemu_pids(&id);
     assert_eq!(pids.len(), 1, "one QEMU for the VM");
 
     // A running VM is not deleted without force; nothing changes.
-    let (s, e) = cloud.as_(&t, Method::DELETE, &format!("/v1/vms/{id}"), None).await;
+    let (s, e) = cloud
+        .as_(&t, Method::DELETE, &format!("/v1/vms/{id}"), None)
+        .await;
     assert_eq!(s, 409, "{e}");
     assert_eq!(e["error"]["code"], "conflict");
     let (s, e) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/resize"), Some(json!({"memory_mib": 192})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/resize"),
+            Some(json!({"memory_mib": 192})),
+        )
         .await;
     assert_eq!(s, 409, "resize is offline: {e}");
     assert_eq!(cloud::qemu_pids(&id), pids);
@@ -74,13 +87,23 @@ async fn vm_boots_keeps_its_disk_and_survives_an_agent_kill() {
     let vm = cloud.wait_state(&t, &id, "running").await;
     assert_eq!(cloud::qemu_pids(&id), pids, "adopted, not restarted: {vm}");
     let (s, log) = cloud
-        .as_(&t, Method::GET, &format!("/v1/vms/{id}/console?offset={offset}"), None)
+        .as_(
+            &t,
+            Method::GET,
+            &format!("/v1/vms/{id}/console?offset={offset}"),
+            None,
+        )
         .await;
     assert_eq!(s, 200, "{log}");
-    assert!(!log["data"].as_str().unwrap().contains("UC-BOOT-OK"), "no second boot: {log}");
+    assert!(
+        !log["data"].as_str().unwrap().contains("UC-BOOT-OK"),
+        "no second boot: {log}"
+    );
 
     // Reboot through the API: the guest boots again on the same disk.
-    let (s, e) = cloud.as_(&t, Method::POST, &format!("/v1/vms/{id}/reboot"), None).await;
+    let (s, e) = cloud
+        .as_(&t, Method::POST, &format!("/v1/vms/{id}/reboot"), None)
+        .await;
     assert_eq!(s, 200, "{e}");
     let (console, offset) = cloud.wait_console(&t, &id, "UC-BOOT-OK box", offset).await;
     assert_eq!(boots(&console), vec![2], "{console}");
@@ -88,30 +111,54 @@ async fn vm_boots_keeps_its_disk_and_survives_an_agent_kill() {
 
     // Graceful stop: QEMU goes away; the volume keeps the data for the next start.
     let (s, e) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/stop"), Some(json!({"timeout_secs": 60})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/stop"),
+            Some(json!({"timeout_secs": 60})),
+        )
         .await;
     assert_eq!(s, 200, "{e}");
     cloud.wait_state(&t, &id, "stopped").await;
     assert!(cloud::qemu_pids(&id).is_empty());
     // Offline resize.
     let (s, vm) = cloud
-        .as_(&t, Method::POST, &format!("/v1/vms/{id}/resize"), Some(json!({"memory_mib": 192, "vcpus": 2})))
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/resize"),
+            Some(json!({"memory_mib": 192, "vcpus": 2})),
+        )
         .await;
     assert_eq!(s, 200, "{vm}");
-    assert_eq!((vm["memory_mib"].as_u64(), vm["vcpus"].as_u64()), (Some(192), Some(2)));
-    let (s, _) = cloud.as_(&t, Method::POST, &format!("/v1/vms/{id}/start"), None).await;
+    assert_eq!(
+        (vm["memory_mib"].as_u64(), vm["vcpus"].as_u64()),
+        (Some(192), Some(2))
+    );
+    let (s, _) = cloud
+        .as_(&t, Method::POST, &format!("/v1/vms/{id}/start"), None)
+        .await;
     assert_eq!(s, 200);
     cloud.wait_state(&t, &id, "running").await;
     let (console, _) = cloud.wait_console(&t, &id, "UC-BOOT-OK box", offset).await;
-    assert_eq!(boots(&console), vec![3], "the disk survived stop/start: {console}");
+    assert_eq!(
+        boots(&console),
+        vec![3],
+        "the disk survived stop/start: {console}"
+    );
     let new_pid = cloud::qemu_pids(&id);
     assert_eq!(new_pid.len(), 1);
     let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", new_pid[0]))
         .unwrap()
         .replace('\0', " ");
-    assert!(cmdline.contains("-m 192M") && cmdline.contains("-smp 2"), "{cmdline}");
+    assert!(
+        cmdline.contains("-m 192M") && cmdline.contains("-smp 2"),
+        "{cmdline}"
+    );
 
-    let (s, events) = cloud.as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None).await;
+    let (s, events) = cloud
+        .as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None)
+        .await;
     assert_eq!(s, 200);
     let kinds: Vec<&str> = events["items"]
         .as_array()
@@ -126,7 +173,12 @@ async fn vm_boots_keeps_its_disk_and_survives_an_agent_kill() {
     // Forced delete of the running VM: QEMU, volume and record all go.
     let volume = vm["volumes"][0]["volume_id"].as_str().unwrap().to_owned();
     let (s, _) = cloud
-        .as_(&t, Method::DELETE, &format!("/v1/vms/{id}?force=true"), None)
+        .as_(
+            &t,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
         .await;
     assert!(s == 204 || s == 202, "{s}");
     cloud.wait_gone(&t, &id).await;

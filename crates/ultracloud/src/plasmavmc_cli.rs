@@ -178,12 +178,20 @@ pub struct WorkerArgs {
 #[derive(Debug, Subcommand)]
 pub enum WorkerCommand {
     List,
-    Get { name: String },
+    Get {
+        name: String,
+    },
     /// No new VMs on this worker.
-    Drain { name: String },
-    Undrain { name: String },
+    Drain {
+        name: String,
+    },
+    Undrain {
+        name: String,
+    },
     /// Forget a worker that has no VMs.
-    Delete { name: String },
+    Delete {
+        name: String,
+    },
 }
 
 fn runtime(e: impl std::fmt::Display) -> Failure {
@@ -191,8 +199,7 @@ fn runtime(e: impl std::fmt::Display) -> Failure {
 }
 
 fn client(endpoint: &str, args: &ClientArgs) -> Result<PlasmavmcClient, Failure> {
-    let token =
-        read_secret_file(&args.token_file).map_err(|e| Failure::Config(e.to_string()))?;
+    let token = read_secret_file(&args.token_file).map_err(|e| Failure::Config(e.to_string()))?;
     PlasmavmcClient::new(
         endpoint,
         ClientOptions {
@@ -227,7 +234,14 @@ fn show<T: serde::Serialize>(format: OutputFormat, value: &T, columns: &[&str]) 
 }
 
 const VM_COLUMNS: &[&str] = &[
-    "id", "name", "state", "desired", "vcpus", "memory_mib", "worker", "error",
+    "id",
+    "name",
+    "state",
+    "desired",
+    "vcpus",
+    "memory_mib",
+    "worker",
+    "error",
 ];
 
 fn vm_ips(vm: &Vm) -> String {
@@ -396,22 +410,30 @@ pub async fn run_vm(args: VmArgs, format: OutputFormat) -> Result<(), Failure> {
             let vm = api.get_vm(&id).await.map_err(runtime)?;
             show(format, &vm, VM_COLUMNS);
         }
-        VmCommand::Start { id } => show(format, &api.start_vm(&id).await.map_err(runtime)?, VM_COLUMNS),
+        VmCommand::Start { id } => show(
+            format,
+            &api.start_vm(&id).await.map_err(runtime)?,
+            VM_COLUMNS,
+        ),
         VmCommand::Stop { id, timeout } => show(
             format,
             &api.stop_vm(&id, timeout).await.map_err(runtime)?,
             VM_COLUMNS,
         ),
-        VmCommand::Reboot { id } => {
-            show(format, &api.reboot_vm(&id).await.map_err(runtime)?, VM_COLUMNS)
-        }
-        VmCommand::Delete { id, force } => match api.delete_vm(&id, force).await.map_err(runtime)? {
-            Deleted::Done => eprintln!("deleted {id}"),
-            Deleted::Pending(vm) => {
-                eprintln!("{id} is being deleted (its worker is still tearing it down)");
-                show(format, &vm, VM_COLUMNS);
+        VmCommand::Reboot { id } => show(
+            format,
+            &api.reboot_vm(&id).await.map_err(runtime)?,
+            VM_COLUMNS,
+        ),
+        VmCommand::Delete { id, force } => {
+            match api.delete_vm(&id, force).await.map_err(runtime)? {
+                Deleted::Done => eprintln!("deleted {id}"),
+                Deleted::Pending(vm) => {
+                    eprintln!("{id} is being deleted (its worker is still tearing it down)");
+                    show(format, &vm, VM_COLUMNS);
+                }
             }
-        },
+        }
         VmCommand::Resize { id, vcpus, memory } => show(
             format,
             &api.resize_vm(
@@ -474,7 +496,15 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
         return Ok(());
     }
     let api = client(&args.endpoint, &args.client)?;
-    let columns = &["id", "name", "kind", "public", "size_bytes", "kernel", "disk"];
+    let columns = &[
+        "id",
+        "name",
+        "kind",
+        "public",
+        "size_bytes",
+        "kernel",
+        "disk",
+    ];
     match args.command {
         ImageCommand::Create {
             name,
@@ -489,9 +519,7 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
                 (Some(_), None) => ImageKind::Disk,
                 (None, Some(_)) => ImageKind::Kernel,
                 _ => {
-                    return Err(Failure::Config(
-                        "give either --disk or --kernel".into(),
-                    ));
+                    return Err(Failure::Config("give either --disk or --kernel".into()));
                 }
             };
             // Local paths are sent absolute: the cluster resolves them, not this shell.
@@ -521,8 +549,14 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
                 .map_err(runtime)?;
             show(format, &image, columns);
         }
-        ImageCommand::List => show(format, &api.list_images(None).await.map_err(runtime)?, columns),
-        ImageCommand::Get { id } => show(format, &api.get_image(&id).await.map_err(runtime)?, columns),
+        ImageCommand::List => show(
+            format,
+            &api.list_images(None).await.map_err(runtime)?,
+            columns,
+        ),
+        ImageCommand::Get { id } => {
+            show(format, &api.get_image(&id).await.map_err(runtime)?, columns)
+        }
         ImageCommand::Delete { id } => {
             api.delete_image(&id).await.map_err(runtime)?;
             eprintln!("deleted {id}");
@@ -535,13 +569,22 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
 pub async fn run_worker(args: WorkerArgs, format: OutputFormat) -> Result<(), Failure> {
     let api = client(&args.endpoint, &args.client)?;
     let columns = &[
-        "name", "state", "accel", "vcpus", "used_vcpus", "memory_mib", "used_memory_mib", "url",
+        "name",
+        "state",
+        "accel",
+        "vcpus",
+        "used_vcpus",
+        "memory_mib",
+        "used_memory_mib",
+        "url",
     ];
     match args.command {
         WorkerCommand::List => show(format, &api.list_workers().await.map_err(runtime)?, columns),
-        WorkerCommand::Get { name } => {
-            show(format, &api.get_worker(&name).await.map_err(runtime)?, columns)
-        }
+        WorkerCommand::Get { name } => show(
+            format,
+            &api.get_worker(&name).await.map_err(runtime)?,
+            columns,
+        ),
         WorkerCommand::Drain { name } => show(
             format,
             &api.drain_worker(&name, true).await.map_err(runtime)?,

@@ -212,13 +212,19 @@ async fn fresh_smoke(args: FreshSmokeArgs, format: OutputFormat) -> Result<(), F
         } else {
             let t = Instant::now();
             let outcome = start_cloud(&dir).await;
-            let r = outcome.as_ref().map(|_| "started `ultracloud up`".to_owned()).map_err(Clone::clone);
+            let r = outcome
+                .as_ref()
+                .map(|_| "started `ultracloud up`".to_owned())
+                .map_err(Clone::clone);
             rec.record("start cloud", t, &r);
             match outcome {
                 Ok(c) => {
                     _cloud = Some(c);
                     token_file = dir.join("cloud/secrets/admin-token");
-                    cloud_desc = format!("cloud started by the lane in {}", dir.join("cloud").display());
+                    cloud_desc = format!(
+                        "cloud started by the lane in {}",
+                        dir.join("cloud").display()
+                    );
                 }
                 Err(e) => missing.push(e),
             }
@@ -447,10 +453,7 @@ async fn smoke_steps(
                         (Some(g), Some(want)) if g.split('/').next() == Some(want.as_str()) => {
                             Ok(format!("guest got {g} by DHCP, the port's address"))
                         }
-                        _ => Err(format!(
-                            "guest reported {:?}, port has {:?}",
-                            got, vm_ip
-                        )),
+                        _ => Err(format!("guest reported {:?}, port has {:?}", got, vm_ip)),
                     }
                 }
                 Err(e) => Err(e.to_string()),
@@ -511,7 +514,10 @@ mod tests {
 
     #[test]
     fn timestamps() {
-        assert_eq!(utc_timestamp(SystemTime::UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            utc_timestamp(SystemTime::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
         let t = SystemTime::UNIX_EPOCH + Duration::from_secs(1_796_210_059);
         assert_eq!(utc_timestamp(t), "2026-12-02T11:14:19Z");
         let leap = SystemTime::UNIX_EPOCH + Duration::from_secs(951_782_400);

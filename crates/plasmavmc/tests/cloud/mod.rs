@@ -14,8 +14,19 @@ use uc_testkit::{Cluster, NodeInfo, Ready};
 
 /// Every port `up` binds, named.
 const PORTS: &[&str] = &[
-    "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam", "prismnet", "coronafs",
-    "nbd", "plasmavmc", "worker",
+    "node",
+    "client",
+    "peer",
+    "admin",
+    "rest",
+    "pg",
+    "fpeer",
+    "iam",
+    "prismnet",
+    "coronafs",
+    "nbd",
+    "plasmavmc",
+    "worker",
 ];
 
 fn config(n: &NodeInfo, extra: &str, tables: &str) -> String {
@@ -136,7 +147,13 @@ impl Cloud {
         b
     }
 
-    pub async fn as_(&self, token: &str, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn as_(
+        &self,
+        token: &str,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         call(&self.url, Some(token), method, path, body).await
     }
 
@@ -206,7 +223,9 @@ impl Cloud {
     pub async fn wait_state(&self, token: &str, id: &str, state: &str) -> Value {
         let deadline = Instant::now() + Duration::from_secs(240);
         loop {
-            let (s, vm) = self.as_(token, Method::GET, &format!("/v1/vms/{id}"), None).await;
+            let (s, vm) = self
+                .as_(token, Method::GET, &format!("/v1/vms/{id}"), None)
+                .await;
             assert_eq!(s, 200, "{vm}");
             if vm["state"] == state {
                 return vm;
@@ -222,13 +241,24 @@ impl Cloud {
 
     /// Reads the console through the API until it contains `text` (from `offset`); returns
     /// the whole console text read and the next offset.
-    pub async fn wait_console(&self, token: &str, id: &str, text: &str, offset: u64) -> (String, u64) {
+    pub async fn wait_console(
+        &self,
+        token: &str,
+        id: &str,
+        text: &str,
+        offset: u64,
+    ) -> (String, u64) {
         let deadline = Instant::now() + Duration::from_secs(300);
         let mut seen = String::new();
         let mut next = offset;
         loop {
             let (s, log) = self
-                .as_(token, Method::GET, &format!("/v1/vms/{id}/console?offset={next}"), None)
+                .as_(
+                    token,
+                    Method::GET,
+                    &format!("/v1/vms/{id}/console?offset={next}"),
+                    None,
+                )
                 .await;
             if s == 200 {
                 seen.push_str(log["data"].as_str().unwrap_or_default());
@@ -248,7 +278,9 @@ impl Cloud {
     pub async fn wait_gone(&self, token: &str, id: &str) {
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let (s, b) = self.as_(token, Method::GET, &format!("/v1/vms/{id}"), None).await;
+            let (s, b) = self
+                .as_(token, Method::GET, &format!("/v1/vms/{id}"), None)
+                .await;
             if s == 404 {
                 return;
             }
