@@ -27,7 +27,7 @@ use uc_runtime::client::ClientOptions;
 use crate::api::*;
 use crate::client::NodeClient;
 use crate::error::{CoronafsError, Result, from_node};
-use crate::node::{check_id, check_size, url_host};
+use crate::node::{check_id, check_size};
 
 /// The record stored per volume: the API view plus what the controller needs to finish an
 /// interrupted operation.
@@ -940,11 +940,6 @@ impl Controller {
             _ => {}
         }
         Ok(())
-    }
-
-    /// The NBD host name of a node (for URLs built outside an attach).
-    pub fn nbd_url(host: &str, port: u16, export: &str) -> String {
-        format!("nbd://{}:{port}/{export}", url_host(host))
     }
 }
 
