@@ -72,8 +72,8 @@ pub enum GuestError {
     Io(#[from] std::io::Error),
 }
 
-/// Builds the guest into `dir` (kernel `vmlinuz`, initramfs `initrd.cpio`) from the newest
-/// installed Debian kernel.
+/// Builds the guest into `dir` (kernel `vmlinux`, or `vmlinuz` when it cannot boot through
+/// PVH; initramfs `initrd.cpio`) from the newest installed Debian kernel.
 pub fn build(dir: &Path) -> Result<TinyGuest, GuestError> {
     let kernel = find_host_kernel().ok_or_else(|| {
         GuestError::Missing("no /boot/vmlinuz-* (install linux-image-amd64)".into())
@@ -102,8 +102,18 @@ pub fn build_with(dir: &Path, host_kernel: &Path) -> Result<TinyGuest, GuestErro
         )));
     }
     std::fs::create_dir_all(dir)?;
-    let kernel = dir.join("vmlinuz");
-    std::fs::copy(host_kernel, &kernel)?;
+    let kernel = match pvh_vmlinux(host_kernel, &version) {
+        Some(vmlinux) => {
+            let path = dir.join("vmlinux");
+            std::fs::write(&path, vmlinux)?;
+            path
+        }
+        None => {
+            let path = dir.join("vmlinuz");
+            std::fs::copy(host_kernel, &path)?;
+            path
+        }
+    };
 
     let modules = resolve_modules(&module_root)?;
     let mut cpio = Cpio::default();
@@ -146,6 +156,48 @@ pub fn build_with(dir: &Path, host_kernel: &Path) -> Result<TinyGuest, GuestErro
     let initrd = dir.join("initrd.cpio");
     std::fs::write(&initrd, cpio.finish())?;
     Ok(TinyGuest { kernel, initrd })
+}
+
+/// The uncompressed kernel ELF inside a bzImage, when the kernel can boot through PVH
+/// (`CONFIG_PVH=y`): QEMU then loads it directly, skipping the in-guest decompression, which
+/// under TCG takes most of the boot (measured: ~6 s of an ~11 s boot on a loaded 2-core
+/// host). None (use the bzImage) when anything is missing.
+fn pvh_vmlinux(bzimage: &Path, version: &str) -> Option<Vec<u8>> {
+    let config = std::fs::read_to_string(format!("/boot/config-{version}")).ok()?;
+    if !config.lines().any(|l| l == "CONFIG_PVH=y") {
+        return None;
+    }
+    let image = std::fs::read(bzimage).ok()?;
+    let formats: [(&[u8], &[&str]); 3] = [
+        (b"\xfd7zXZ\x00", &["xz", "-dc", "--single-stream"]),
+        (b"\x28\xb5\x2f\xfd", &["zstd", "-dcq"]),
+        (b"\x1f\x8b\x08\x00", &["gzip", "-dc"]),
+    ];
+    for (magic, tool) in formats {
+        let Some(at) = image.windows(magic.len()).position(|w| w == magic) else {
+            continue;
+        };
+        // The payload is followed by setup data the decompressors may call trailing
+        // garbage; a nonzero exit with an ELF on stdout is still a good kernel.
+        let mut child = Command::new(tool[0])
+            .args(&tool[1..])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        let mut stdin = child.stdin.take()?;
+        let payload = image[at..].to_vec();
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&payload);
+        });
+        let out = child.wait_with_output().ok()?;
+        let _ = feeder.join();
+        if out.stdout.starts_with(b"\x7fELF") {
+            return Some(out.stdout);
+        }
+    }
+    None
 }
 
 /// [`MODULES`] with their dependencies first, each once.
@@ -386,9 +438,8 @@ mount -t tmpfs tmpfs /run
 exec </dev/console >/dev/console 2>&1
 say() { echo "$*"; }
 
+# Drivers probe their devices synchronously during insmod, and devtmpfs creates the nodes.
 while read -r m; do insmod "$m" 2>/dev/null; done </etc/modules.order
-# Let udev-less device nodes for the freshly probed disks and NICs appear.
-sleep 1
 
 NAME=""
 TICK=0
