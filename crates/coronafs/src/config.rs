@@ -126,3 +126,38 @@ impl CoronafsConfig {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::CoronafsConfig;
+
+    #[test]
+    fn defaults_are_valid_and_mistakes_are_named() {
+        assert!(CoronafsConfig::default().check().is_ok());
+        let bad = |f: fn(&mut CoronafsConfig)| {
+            let mut c = CoronafsConfig::default();
+            f(&mut c);
+            c.check().unwrap_err()
+        };
+        assert!(
+            bad(|c| {
+                c.controller = false;
+                c.node = false;
+            })
+            .contains("enable")
+        );
+        assert!(bad(|c| c.nbd_cache = "sometimes".into()).contains("nbd_cache"));
+        assert!(bad(|c| c.nbd_aio = "magic".into()).contains("nbd_aio"));
+        assert!(bad(|c| c.nbd_port_min = Some(10)).contains("nbd_port"));
+        assert!(
+            bad(|c| {
+                c.nbd_port_min = Some(20);
+                c.nbd_port_max = Some(10);
+            })
+            .contains("nbd_port")
+        );
+        assert!(bad(|c| c.max_volume_bytes = 1).contains("max_volume_bytes"));
+        assert!(bad(|c| c.heartbeat_secs = 0).contains("heartbeat"));
+        assert!(bad(|c| c.nbd_tls_dir = Some("/nonexistent".into())).contains("nbd_tls_dir"));
+    }
+}

@@ -936,3 +936,63 @@ async fn fetch(url: &str, dst: &Path) -> Result<()> {
     file.sync_all().await?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_safe_path_components() {
+        for ok in ["vol-0123abcd", "a", "snap-1"] {
+            assert!(check_id("volume", ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", "../etc", "a/b", "Vol", "a.b", &"x".repeat(65)] {
+            assert!(check_id("volume", bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert!(check_size(512, 1 << 20).is_ok());
+        assert!(check_size(1 << 20, 1 << 20).is_ok());
+        for bad in [0, 511, 513, (1 << 20) + 512] {
+            assert!(check_size(bad, 1 << 20).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn nbd_urls_bracket_ipv6() {
+        assert_eq!(url_host("10.0.0.1"), "10.0.0.1");
+        assert_eq!(url_host("::1"), "[::1]");
+        assert_eq!(url_host("[::1]"), "[::1]");
+    }
+
+    #[test]
+    fn qemu_nbd_command_line() {
+        let spec = NbdSpec {
+            path: "/d/coronafs/volumes/vol-1.qcow2".into(),
+            format: VolumeFormat::Qcow2,
+            bind: "10.0.0.5".into(),
+            port: 10809,
+            export_name: "vol-1".into(),
+            shared: 2,
+            cache: "none".into(),
+            aio: "native".into(),
+            tls_dir: Some("/etc/uc/nbd".into()),
+        };
+        let args = spec.args();
+        assert_eq!(args.last().unwrap(), "/d/coronafs/volumes/vol-1.qcow2");
+        for want in [
+            "--format=qcow2",
+            "--bind=10.0.0.5",
+            "--port=10809",
+            "--export-name=vol-1",
+            "--shared=2",
+            "--persistent",
+            "--tls-creds=tls0",
+            "--object=tls-creds-x509,id=tls0,endpoint=server,dir=/etc/uc/nbd",
+        ] {
+            assert!(args.iter().any(|a| a == want), "{want} in {args:?}");
+        }
+    }
+}
