@@ -138,7 +138,9 @@ impl Drop for Host {
     fn drop(&mut self) {
         let netns = self.netns.clone();
         let prefix = self.prefix.clone();
-        let dp = &mut self.dp;
+        // A fresh Dataplane with the real tools: a test may have swapped in wrappers that are
+        // gone by now.
+        let mut dp = Dataplane::new(self.dp.state_dir());
         let _ = in_netns(&netns, || dp.teardown_all(&prefix));
         for ns in self.extra.iter().chain(std::iter::once(&self.netns)) {
             let _ = run("ip", &["netns", "del", ns]);
