@@ -13,7 +13,6 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -37,7 +36,7 @@ struct Stored {
 
 pub struct Agent {
     client: PrismnetClient,
-    dataplane: Arc<Mutex<Dataplane>>,
+    dataplane: DataplaneThread,
     config: AgentConfig,
     host: String,
     state_dir: PathBuf,
@@ -57,20 +56,25 @@ pub fn port_device(port_id: &str, attachment: &Attachment) -> Option<String> {
 }
 
 impl Agent {
-    /// `client` must carry the node's service token.
+    /// `client` must carry the node's service token. Fails when the configured network
+    /// namespace cannot be entered.
     pub fn new(
         client: PrismnetClient,
         config: AgentConfig,
         host: String,
         state_dir: PathBuf,
-    ) -> Self {
-        Self {
+    ) -> std::io::Result<Self> {
+        let dataplane = DataplaneThread::start(
+            Dataplane::new(state_dir.join("dataplane")),
+            config.netns.clone(),
+        )?;
+        Ok(Self {
             client,
-            dataplane: Arc::new(Mutex::new(Dataplane::new(state_dir.join("dataplane")))),
+            dataplane,
             config,
             host,
             state_dir,
-        }
+        })
     }
 
     fn plan_file(&self) -> PathBuf {
@@ -189,7 +193,7 @@ impl Agent {
             if let Some(stored) = current {
                 active |= has_content(&stored.plan);
                 if active {
-                    let report = converge(self.dataplane.clone(), stored.plan.clone()).await;
+                    let report = self.dataplane.converge(stored.plan.clone()).await;
                     if !report.changed.is_empty() {
                         tracing::info!(changes = ?report.changed, "dataplane converged");
                     }
@@ -251,21 +255,64 @@ impl Agent {
     }
 }
 
-/// One dataplane pass, off the async threads (it runs `ip`, `nft` and `dnsmasq`).
-async fn converge(dataplane: Arc<Mutex<Dataplane>>, plan: HostPlan) -> ConvergeReport {
-    let pass = move || {
-        let mut dp = dataplane.lock().unwrap_or_else(|p| p.into_inner());
-        dp.converge(&plan)
-    };
-    match tokio::task::spawn_blocking(pass).await {
-        Ok(Ok(report)) => report,
-        Ok(Err(e)) => ConvergeReport {
-            errors: vec![e.to_string()],
+type Job = (HostPlan, tokio::sync::oneshot::Sender<ConvergeReport>);
+
+/// The thread every dataplane pass runs on: off the async threads (passes run `ip`, `nft`
+/// and `dnsmasq`), and inside the host network namespace the agent manages (`netns`), which
+/// the `ip`/`nft`/`dnsmasq` processes it starts inherit.
+struct DataplaneThread {
+    jobs: std::sync::mpsc::Sender<Job>,
+}
+
+impl DataplaneThread {
+    fn start(mut dataplane: Dataplane, netns: Option<String>) -> std::io::Result<Self> {
+        let (jobs, rx) = std::sync::mpsc::channel::<Job>();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("prismnet-dataplane".into())
+            .spawn(move || {
+                if let Some(ns) = &netns {
+                    let entered = std::fs::File::open(format!("/run/netns/{ns}")).and_then(|fd| {
+                        nix::sched::setns(&fd, nix::sched::CloneFlags::CLONE_NEWNET)
+                            .map_err(std::io::Error::from)
+                    });
+                    if let Err(e) = entered {
+                        let _ = ready_tx.send(Err(std::io::Error::new(
+                            e.kind(),
+                            format!("cannot enter network namespace {ns}: {e}"),
+                        )));
+                        return;
+                    }
+                }
+                let _ = ready_tx.send(Ok(()));
+                while let Ok((plan, reply)) = rx.recv() {
+                    let report = match dataplane.converge(&plan) {
+                        Ok(r) => r,
+                        Err(e) => ConvergeReport {
+                            errors: vec![e.to_string()],
+                            ..Default::default()
+                        },
+                    };
+                    let _ = reply.send(report);
+                }
+            })?;
+        ready_rx
+            .recv()
+            .map_err(|_| std::io::Error::other("dataplane thread died"))??;
+        Ok(Self { jobs })
+    }
+
+    async fn converge(&self, plan: HostPlan) -> ConvergeReport {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.jobs.send((plan, tx)).is_err() {
+            return ConvergeReport {
+                errors: vec!["dataplane thread is gone".into()],
+                ..Default::default()
+            };
+        }
+        rx.await.unwrap_or_else(|_| ConvergeReport {
+            errors: vec!["dataplane pass panicked".into()],
             ..Default::default()
-        },
-        Err(e) => ConvergeReport {
-            errors: vec![format!("converge task: {e}")],
-            ..Default::default()
-        },
+        })
     }
 }

@@ -49,6 +49,10 @@ pub struct AgentConfig {
     pub api_url: Option<String>,
     /// Seconds between re-converges that repair drift when nothing changed.
     pub repair_interval_secs: u64,
+    /// Manage the dataplane inside this network namespace (`/run/netns/<name>`) instead of
+    /// the agent's own: for hosts that keep tenant networking apart, and for tests that run
+    /// several "hosts" on one kernel.
+    pub netns: Option<String>,
 }
 
 impl Default for AgentConfig {
@@ -61,6 +65,7 @@ impl Default for AgentConfig {
             external_bridge: None,
             api_url: None,
             repair_interval_secs: 5,
+            netns: None,
         }
     }
 }

@@ -416,18 +416,19 @@ impl Cluster {
     /// One `ultracloud up` (every component in one process) with every component's ports
     /// free, ready when the node's `/readyz` is (all components ready). `extra` is appended
     /// to the generated config. Port names: node, client, peer, admin (chainfire), rest, pg,
-    /// fpeer (flaredb), iam, coronafs.
+    /// fpeer (flaredb), iam, coronafs, prismnet.
     pub fn all_in_one(extra: &'static str) -> ClusterBuilder {
         Self::builder(1)
             .ports(&[
                 "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam", "coronafs",
+                "prismnet",
             ])
             .config(move |n, _| {
                 format!(
                     "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
                      [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
                      [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n\
-                     [iam]\nport = {}\n[coronafs]\nport = {}\n{extra}",
+                     [iam]\nport = {}\n[coronafs]\nport = {}\n[prismnet]\nport = {}\n{extra}",
                     n.ip,
                     n.port("node"),
                     n.port("client"),
@@ -438,6 +439,7 @@ impl Cluster {
                     n.port("fpeer"),
                     n.port("iam"),
                     n.port("coronafs"),
+                    n.port("prismnet"),
                 )
             })
             .args(|n| {

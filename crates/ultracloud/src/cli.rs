@@ -51,6 +51,8 @@ pub enum Command {
     Proof(crate::proof::ProofArgs),
     /// Volumes (coronafs): create, snapshot, clone, resize, attach, detach, delete.
     Volume(crate::coronafs_cli::VolumeArgs),
+    /// Tenant networks (prismnet): VPCs, subnets, ports, security groups, routers, floating IPs, pools.
+    Net(crate::prismnet_cli::NetArgs),
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +238,10 @@ pub enum Component {
     PlasmavmcWorker,
     /// Volumes: the controller and/or the node service, as `[coronafs]` enables.
     Coronafs,
+    /// Tenant networks API (needs flaredb and its namespace).
+    Prismnet,
+    /// The host network agent: converges this host's dataplane to prismnet (needs root).
+    PrismnetAgent,
 }
 
 #[derive(Debug, Args)]

@@ -10,6 +10,7 @@ mod node;
 mod node_config;
 mod output;
 mod plasmavmc_cli;
+mod prismnet_cli;
 mod proof;
 mod secrets;
 mod up;
@@ -55,6 +56,7 @@ fn main() -> ExitCode {
         Command::Worker(args) => run_async(plasmavmc_cli::run_worker(args, cli.output)),
         Command::Proof(args) => run_async(proof::run(args, cli.output)),
         Command::Volume(args) => run_async(coronafs_cli::run(args, cli.output)),
+        Command::Net(args) => run_async(prismnet_cli::run(args, cli.output)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub plasmavmc: plasmavmc::PlasmavmcConfig,
     pub plasmavmc_worker: plasmavmc::WorkerConfig,
     pub coronafs: coronafs::CoronafsConfig,
+    pub prismnet: prismnet::PrismnetConfig,
+    pub prismnet_agent: prismnet::AgentConfig,
 }
 
 /// `[node]`: who this node is and where it keeps state.

@@ -279,6 +279,89 @@ async fn start_coronafs_with(
     })
 }
 
+/// prismnet under `up`: its namespace first, then the API.
+async fn start_prismnet(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    flaredb: &Started,
+    paths: &SecretPaths,
+) -> Result<Started, Failure> {
+    let password_file = cfg
+        .prismnet
+        .flaredb_password_file
+        .clone()
+        .unwrap_or_else(|| paths.dir.join("prismnet-flaredb-password"));
+    ensure_service_namespace(
+        ctx,
+        flaredb,
+        "prismnet",
+        &cfg.prismnet.flaredb_namespace,
+        &password_file,
+    )
+    .await?;
+    start_prismnet_with(cfg, ctx, shutdown, flaredb.endpoints[0].url.clone()).await
+}
+
+async fn start_prismnet_with(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    shutdown: &Shutdown,
+    flaredb_url: String,
+) -> Result<Started, Failure> {
+    let lock = DirLock::acquire(&ctx.component_dir("prismnet"))?;
+    let boot = prismnet::server::Bootstrap {
+        secrets_dir: SecretPaths::new(&cfg.node.data_dir).dir,
+        default_flaredb: flaredb_url,
+    };
+    let running = prismnet::server::start(ctx, cfg.prismnet.clone(), boot, shutdown.clone())
+        .await
+        .map_err(|e| match e {
+            prismnet::server::StartError::Config(m) => Failure::Config(m),
+            prismnet::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+        })?;
+    Ok(Started {
+        name: "prismnet",
+        readiness: running.readiness.clone(),
+        endpoints: vec![Endpoint {
+            component: "prismnet".into(),
+            url: running.url.clone(),
+        }],
+        health: vec![("prismnet".into(), format!("{}/healthz", running.url))],
+        task: running.task,
+        _lock: lock,
+    })
+}
+
+/// The host network agent (`[prismnet_agent]`), talking to `default_api` unless configured
+/// otherwise; runs until shutdown.
+fn prismnet_agent(
+    cfg: &NodeConfig,
+    ctx: &uc_runtime::NodeContext,
+    default_api: String,
+) -> Result<(prismnet::agent::Agent, DirLock), Failure> {
+    let agent_cfg = cfg.prismnet_agent.clone();
+    let api_url = agent_cfg.api_url.clone().unwrap_or(default_api);
+    let host = agent_cfg
+        .host
+        .clone()
+        .unwrap_or_else(|| cfg.node.name.clone());
+    let client = prismnet::client::PrismnetClient::new(
+        &api_url,
+        uc_runtime::client::ClientOptions {
+            token: Some(ctx.service_token.clone()),
+            ca_file: ctx.trusted_ca_file().map(ToOwned::to_owned),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| Failure::Config(format!("prismnet_agent.api_url: {e}")))?;
+    let dir = ctx.component_dir("prismnet-agent");
+    let lock = DirLock::acquire(&dir)?;
+    let agent = prismnet::agent::Agent::new(client, agent_cfg, host, dir)
+        .map_err(|e| Failure::Config(format!("prismnet_agent: {e}")))?;
+    Ok((agent, lock))
+}
+
 /// The URL of a component this node runs (by its `Started` name), for components that use
 /// it by default.
 fn started_url(started: &[Started], name: &str) -> Option<String> {
@@ -456,7 +539,16 @@ pub async fn up(args: UpArgs, format: OutputFormat) -> Result<(), Failure> {
     ensure_iam_namespace(&cfg, &ctx, &flaredb, &paths).await?;
     let iam = start_iam(&cfg, &ctx, &shutdown, flaredb.endpoints[0].url.clone()).await?;
     let coronafs = start_coronafs(&cfg, &ctx, &shutdown, &flaredb, &paths).await?;
-    let started = vec![chainfire, flaredb, iam, coronafs];
+    let prismnet = start_prismnet(&cfg, &ctx, &shutdown, &flaredb, &paths).await?;
+    if cfg.prismnet_agent.enabled {
+        let (agent, lock) = prismnet_agent(&cfg, &ctx, prismnet.endpoints[0].url.clone())?;
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            agent.run(shutdown).await;
+            drop(lock);
+        });
+    }
+    let started = vec![chainfire, flaredb, iam, coronafs, prismnet];
     let started = with_plasmavmc(&cfg, &ctx, &shutdown, &paths, started).await?;
     let components: Vec<Endpoint> = started.iter().flat_map(|s| s.endpoints.clone()).collect();
     let node_server = node::bind(
@@ -643,6 +735,16 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
             let flaredb_url = local_flaredb_url(&cfg, &ctx);
             let started = start_iam(&cfg, &ctx, &shutdown, flaredb_url).await?;
             let _ = started.task.await;
+        }
+        Component::Prismnet => {
+            let flaredb_url = local_flaredb_url(&cfg, &ctx);
+            let started = start_prismnet_with(&cfg, &ctx, &shutdown, flaredb_url).await?;
+            let _ = started.task.await;
+        }
+        Component::PrismnetAgent => {
+            let default_api = format!("{}://{}", ctx.scheme(), ctx.listen(cfg.prismnet.port));
+            let (agent, _lock) = prismnet_agent(&cfg, &ctx, default_api)?;
+            agent.run(shutdown).await;
         }
         Component::Plasmavmc => {
             // On its own, prismnet/coronafs come from `plasmavmc.prismnet_url`/`coronafs_url`.
