@@ -552,3 +552,50 @@ echo "UC-POWEROFF" >/dev/console
 sync
 poweroff -f
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modules_come_after_their_dependencies() {
+        let Some(kernel) = find_host_kernel() else {
+            panic!("no /boot/vmlinuz-* (linux-image-amd64 is a test prerequisite)");
+        };
+        let version = kernel.to_str().unwrap().rsplit("vmlinuz-").next().unwrap();
+        let order = resolve_modules(&Path::new("/lib/modules").join(version)).unwrap();
+        let pos = |stem: &str| {
+            order
+                .iter()
+                .position(|m| module_stem(m) == stem)
+                .unwrap_or_else(|| panic!("{stem} missing from {order:?}"))
+        };
+        assert!(pos("virtio") < pos("virtio_ring"));
+        assert!(pos("virtio_ring") < pos("virtio_pci"));
+        assert!(pos("virtio_pci") < pos("virtio_blk"));
+        assert!(pos("failover") < pos("net_failover"));
+        assert!(pos("net_failover") < pos("virtio_net"));
+        assert!(pos("cdrom") < pos("isofs"));
+        let mut unique = order.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), order.len(), "{order:?}");
+    }
+
+    #[test]
+    fn cpio_newc_layout() {
+        let mut cpio = Cpio::default();
+        cpio.file("init", 0o755, b"#!/bin/sh\n");
+        cpio.char_dev("dev/console", 0o600, 5, 1);
+        let bytes = cpio.finish();
+        assert!(bytes.starts_with(b"070701"));
+        assert_eq!(bytes.len() % 4, 0);
+        let text = String::from_utf8_lossy(&bytes);
+        // mode 0100755 and size 10 in the first header; the name and data follow, 4-aligned.
+        assert_eq!(&text[14..22], "000081ed");
+        assert_eq!(&text[54..62], "0000000a");
+        assert_eq!(&text[110..115], "init\0");
+        assert!(text.contains("dev/console"));
+        assert!(text.contains("TRAILER!!!"));
+    }
+}

@@ -890,3 +890,189 @@ fn kill_pid(pid: u32) {
         tracing::warn!(pid, error = %e, "kill QEMU");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> VmSpec {
+        VmSpec {
+            vm_id: "vm-1".into(),
+            name: "one".into(),
+            vcpus: 2,
+            memory_mib: 128,
+            disks: vec![
+                DiskSpec {
+                    id: "root".into(),
+                    source: DiskSource::Nbd {
+                        url: "nbd://127.0.0.1:10809/vol-1".into(),
+                    },
+                    readonly: false,
+                    serial: Some("vol-1".into()),
+                },
+                DiskSpec {
+                    id: "data".into(),
+                    source: DiskSource::File {
+                        path: "/srv/a,b.qcow2".into(),
+                        format: DiskFormat::Qcow2,
+                    },
+                    readonly: true,
+                    serial: None,
+                },
+            ],
+            nics: vec![NicSpec {
+                tap: "uctap0".into(),
+                mac: "52:54:00:12:34:56".into(),
+            }],
+            boot: Boot::Disk,
+            seed: Some("/run/seed.iso".into()),
+            accel: Accel::Tcg,
+        }
+    }
+
+    fn pair(args: &[String], flag: &str) -> Vec<String> {
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].clone())
+            .collect()
+    }
+
+    #[test]
+    fn command_line_carries_marker_qmp_and_devices() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hv = Hypervisor::new(HypervisorConfig::new(tmp.path())).unwrap();
+        let dir = hv.run_dir().join("vm-1");
+        let args = hv.command_line(&spec(), "u-u-i-d", false).unwrap();
+        assert_eq!(&args[..2], ["-nodefaults", "-no-user-config"]);
+        assert!(args.contains(&"-daemonize".to_string()));
+        assert_eq!(pair(&args, "-name"), ["guest=vm-1,process=uc-vm-vm-1"]);
+        assert_eq!(pair(&args, "-uuid"), ["u-u-i-d"]);
+        assert_eq!(pair(&args, "-accel"), ["tcg"]);
+        assert_eq!(pair(&args, "-smp"), ["2"]);
+        assert_eq!(pair(&args, "-m"), ["128M"]);
+        assert_eq!(
+            pair(&args, "-pidfile"),
+            [dir.join("qemu.pid").to_str().unwrap()]
+        );
+        let chardevs = pair(&args, "-chardev");
+        assert!(chardevs[0].starts_with("socket,id=qmp,path="));
+        assert!(chardevs[0].ends_with("qmp.sock,server=on,wait=off"));
+        assert!(chardevs[1].ends_with("serial.log,append=on"));
+        assert_eq!(
+            pair(&args, "-drive"),
+            [
+                "file=nbd://127.0.0.1:10809/vol-1,format=raw,if=none,id=drive-root",
+                // A comma inside a path is doubled, QEMU's option escaping.
+                "file=/srv/a,,b.qcow2,format=qcow2,if=none,id=drive-data,readonly=on",
+                "file=/run/seed.iso,format=raw,if=none,id=drive-uc-seed,readonly=on",
+            ]
+        );
+        assert_eq!(
+            pair(&args, "-device"),
+            [
+                "virtio-blk-pci,drive=drive-root,serial=vol-1,bootindex=0",
+                "virtio-blk-pci,drive=drive-data",
+                "virtio-blk-pci,drive=drive-uc-seed,serial=cidata",
+                "virtio-net-pci,netdev=net0,mac=52:54:00:12:34:56",
+            ]
+        );
+        assert_eq!(
+            pair(&args, "-netdev"),
+            ["tap,id=net0,ifname=uctap0,script=no,downscript=no"]
+        );
+        assert!(!args.contains(&"-incoming".to_string()));
+        let incoming = hv.command_line(&spec(), "u", true).unwrap();
+        assert_eq!(pair(&incoming, "-incoming"), ["defer"]);
+    }
+
+    #[test]
+    fn kernel_boot_arguments() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hv = Hypervisor::new(HypervisorConfig::new(tmp.path())).unwrap();
+        let mut s = spec();
+        s.boot = Boot::Kernel {
+            kernel: "/g/vmlinux".into(),
+            initrd: Some("/g/initrd".into()),
+            cmdline: "console=ttyS0 uc.name=x".into(),
+        };
+        let args = hv.command_line(&s, "u", false).unwrap();
+        assert_eq!(pair(&args, "-kernel"), ["/g/vmlinux"]);
+        assert_eq!(pair(&args, "-initrd"), ["/g/initrd"]);
+        assert_eq!(pair(&args, "-append"), ["console=ttyS0 uc.name=x"]);
+        // Firmware boot order only matters when booting from disk.
+        assert!(!pair(&args, "-device")[0].contains("bootindex"));
+    }
+
+    #[test]
+    fn invalid_specs_are_refused() {
+        type Mutation = Box<dyn Fn(&mut VmSpec)>;
+        let cases: Vec<(&str, Mutation)> = vec![
+            ("empty id", Box::new(|s| s.vm_id.clear())),
+            ("path in id", Box::new(|s| s.vm_id = "../x".into())),
+            ("option in id", Box::new(|s| s.vm_id = "a,b".into())),
+            ("zero vcpus", Box::new(|s| s.vcpus = 0)),
+            ("tiny memory", Box::new(|s| s.memory_mib = 1)),
+            ("dup disk", Box::new(|s| s.disks[1].id = "root".into())),
+            ("bad disk id", Box::new(|s| s.disks[0].id = "a=b".into())),
+            (
+                "long serial",
+                Box::new(|s| s.disks[0].serial = Some("x".repeat(21))),
+            ),
+            (
+                "serial with comma",
+                Box::new(|s| s.disks[0].serial = Some("a b".into())),
+            ),
+            (
+                "not nbd",
+                Box::new(|s| {
+                    s.disks[0].source = DiskSource::Nbd {
+                        url: "http://x".into(),
+                    }
+                }),
+            ),
+            (
+                "bad mac",
+                Box::new(|s| s.nics[0].mac = "52:54:00:12:34".into()),
+            ),
+            (
+                "mac option",
+                Box::new(|s| s.nics[0].mac = "52:54:00:12:34:5,".into()),
+            ),
+            ("tap option", Box::new(|s| s.nics[0].tap = "a,b".into())),
+            ("long tap", Box::new(|s| s.nics[0].tap = "x".repeat(16))),
+        ];
+        for (what, mutate) in cases {
+            let mut s = spec();
+            mutate(&mut s);
+            assert!(
+                matches!(validate(&s), Err(HypervisorError::InvalidSpec(_))),
+                "{what}: {s:?}"
+            );
+        }
+        validate(&spec()).unwrap();
+    }
+
+    #[test]
+    fn migration_progress_from_query_migrate() {
+        let p = parse_migration(&json!({
+            "status": "completed",
+            "total-time": 812,
+            "downtime": 12,
+            "ram": {"transferred": 1000, "remaining": 0, "total": 4000}
+        }));
+        assert_eq!(p.status, "completed");
+        assert_eq!(p.transferred_bytes, 1000);
+        assert_eq!(p.total_bytes, 4000);
+        assert_eq!(p.total_time_ms, Some(812));
+        assert_eq!(p.downtime_ms, Some(12));
+        let failed = parse_migration(&json!({"status": "failed", "error-desc": "boom"}));
+        assert_eq!(failed.error.as_deref(), Some("boom"));
+    }
+
+    #[test]
+    fn only_processes_with_our_marker_and_uuid_count() {
+        // This test process carries no marker.
+        assert!(!process_is_ours(std::process::id(), "vm-1", "u"));
+        assert!(!process_is_ours(u32::MAX, "vm-1", "u"));
+    }
+}
