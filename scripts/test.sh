@@ -11,7 +11,9 @@ cd "$(dirname "$0")/.."
 #   qemu-utils: qemu-img/qemu-nbd behind coronafs volumes; qemu-io reads/writes them in tests
 #   iproute2, nftables, dnsmasq-base: the prismnet dataplane (ip/bridge, nft, DHCP servers)
 #   busybox-static: DHCP client (udhcpc) and ping inside the dataplane tests' workload netns
-PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils iproute2 nftables dnsmasq-base busybox-static)
+#   qemu-system-x86, linux-image-amd64, genisoimage, xz-utils: plasmavmc's real guests (Debian's
+#     kernel + busybox-static initramfs, NoCloud seed ISO, kernel unpacked for PVH boot)
+PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils iproute2 nftables dnsmasq-base busybox-static qemu-system-x86 linux-image-amd64 genisoimage xz-utils)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
