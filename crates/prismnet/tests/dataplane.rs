@@ -729,16 +729,37 @@ fn router_snat_and_floating_ip() {
     ];
     let mut plan = host.plan();
     plan.external_bridge = Some("ucext".into());
-    plan.networks = vec![with_dhcp(net, "10.40.0.250")];
+    // A second subnet of the same VPC behind the same router.
+    let c = host.workload("c");
+    let mut net2 = network("5ub0000014", 402, "10.41.0.0/24", Some("10.41.0.1"));
+    net2.ports = vec![netns_port(
+        "c000000004",
+        "02:00:00:00:05:03",
+        "10.41.0.2",
+        &c,
+        &["open"],
+    )];
+    plan.networks = vec![
+        with_dhcp(net, "10.40.0.250"),
+        with_dhcp(net2, "10.41.0.250"),
+    ];
     plan.security_groups = vec![allow_all_sg("open")];
     plan.routers = vec![RouterPlan {
         router_id: "r000000004".into(),
-        interfaces: vec![RouterInterface {
-            subnet_id: "5ub0000004".into(),
-            ip: "10.40.0.1".parse().unwrap(),
-            prefix_len: 24,
-            mac: "02:aa:00:00:00:01".into(),
-        }],
+        interfaces: vec![
+            RouterInterface {
+                subnet_id: "5ub0000004".into(),
+                ip: "10.40.0.1".parse().unwrap(),
+                prefix_len: 24,
+                mac: "02:aa:00:00:00:01".into(),
+            },
+            RouterInterface {
+                subnet_id: "5ub0000014".into(),
+                ip: "10.41.0.1".parse().unwrap(),
+                prefix_len: 24,
+                mac: "02:aa:00:00:00:02".into(),
+            },
+        ],
         external: Some(ExternalGateway {
             ip: "203.0.113.10".parse().unwrap(),
             prefix_len: 24,
@@ -754,8 +775,15 @@ fn router_snat_and_floating_ip() {
     // Addresses and the default route via the router come from DHCP.
     dhcp_client(&a);
     dhcp_client(&b);
+    dhcp_client(&c);
     serve(&outside, 8000, "outside");
     serve(&b, 8001, "b");
+    serve(&c, 8002, "c");
+
+    // Between the VPC's subnets the router routes without NAT.
+    assert_eq!(greeting(&a, "10.41.0.2", 8002), "c 10.40.0.2");
+    assert_eq!(greeting(&c, "10.40.0.3", 8001), "b 10.41.0.2");
+    assert_eq!(greeting(&c, "203.0.113.1", 8000), "outside 203.0.113.10");
 
     // SNAT: the outside sees the router's external address.
     assert_eq!(greeting(&a, "203.0.113.1", 8000), "outside 203.0.113.10");
