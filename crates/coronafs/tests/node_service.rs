@@ -326,3 +326,95 @@ async fn tls_export() {
     node.delete_volume("vol-tls").await.unwrap();
     assert!(qemu_nbd_pids_under(&dir).is_empty());
 }
+
+/// Serves `bytes` to every GET on a local port (a minimal HTTP/1.1 image server).
+async fn serve_bytes(bytes: Vec<u8>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let bytes = Arc::new(bytes);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = listener.accept().await else {
+                return;
+            };
+            let bytes = bytes.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    bytes.len()
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+                let _ = s.write_all(&bytes).await;
+            });
+        }
+    });
+    format!("http://{addr}/image.qcow2")
+}
+
+/// Volumes cloned from an image: a path on the node and an http URL, converted to the
+/// volume's format and grown to the asked size; a size below the image's is refused.
+#[tokio::test]
+async fn image_sources() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("coronafs");
+    let _guard = KillGuard(dir.clone());
+    let image = tmp.path().join("base.qcow2");
+    assert!(
+        Command::new("qemu-img")
+            .args(["create", "-q", "-f", "qcow2"])
+            .arg(&image)
+            .arg("4M")
+            .status()
+            .unwrap()
+            .success()
+    );
+    let w = Command::new("qemu-io")
+        .args(["-f", "qcow2", "-c", "write -P 0x66 0 1M"])
+        .arg(&image)
+        .output()
+        .unwrap();
+    assert!(w.status.success());
+    let node = service(&dir).await;
+    let from = |location: String, format, size| NodeCreateVolume {
+        size_bytes: size,
+        format,
+        source: NodeSource::Image { location },
+    };
+
+    let v = node
+        .create_volume(
+            "from-path",
+            from(image.display().to_string(), VolumeFormat::Raw, None),
+        )
+        .await
+        .unwrap();
+    assert_eq!(v.size_bytes, 4 << 20);
+    let e = node.ensure_export("from-path", 1).await.unwrap();
+    qemu_io(&e.nbd_url, &["read -P 0x66 0 1M", "read -P 0 1M 3M"]);
+
+    let url = serve_bytes(std::fs::read(&image).unwrap()).await;
+    let v = node
+        .create_volume(
+            "from-url",
+            from(url.clone(), VolumeFormat::Qcow2, Some(8 << 20)),
+        )
+        .await
+        .unwrap();
+    assert_eq!((v.size_bytes, v.format), (8 << 20, VolumeFormat::Qcow2));
+    let e = node.ensure_export("from-url", 1).await.unwrap();
+    qemu_io(&e.nbd_url, &["read -P 0x66 0 1M", "read -P 0 7M 1M"]);
+
+    assert!(
+        node.create_volume("too-small", from(url, VolumeFormat::Raw, Some(1 << 20)))
+            .await
+            .is_err()
+    );
+    assert!(node.get_volume("too-small").await.is_err());
+    assert_eq!(std::fs::read_dir(dir.join("tmp")).unwrap().count(), 0);
+    for id in ["from-path", "from-url"] {
+        node.delete_volume(id).await.unwrap();
+    }
+}
