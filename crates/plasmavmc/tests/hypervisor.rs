@@ -10,7 +10,7 @@ use std::time::Duration;
 use plasmavmc::guest::{self, TinyGuest};
 use plasmavmc::hypervisor::{
     Accel, AccelMode, DiskFormat, DiskSource, DiskSpec, Hypervisor, HypervisorConfig,
-    HypervisorError, RunState, ShutdownOutcome, VmSpec, probe_accel, process_is_ours,
+    HypervisorError, NicSpec, RunState, ShutdownOutcome, VmSpec, probe_accel, process_is_ours,
 };
 
 /// Upper bound for one TCG boot on a loaded 2-core machine.
@@ -333,10 +333,19 @@ async fn live_migration_between_two_hypervisors() {
     let hv_a = Hypervisor::new(HypervisorConfig::new(&dir_a)).unwrap();
     let hv_b = Hypervisor::new(HypervisorConfig::new(&dir_b)).unwrap();
     let guest = build_guest(tmp.path());
-    // Shared storage: both QEMUs attach the same disk file.
+    // Shared storage as coronafs provides it: one NBD export both QEMUs attach (qemu-nbd
+    // must allow two clients for the hand-over).
     let disk = raw_disk(&tmp.path().join("shared.raw"), 8);
+    let nbd = NbdExport::start(&disk);
     let mut spec = spec("vm-mig", &guest, &["uc.tick=1"]).await;
-    spec.disks.push(data_disk(&disk));
+    spec.disks.push(DiskSpec {
+        id: "root".into(),
+        source: DiskSource::Nbd {
+            url: nbd.url.clone(),
+        },
+        readonly: false,
+        serial: None,
+    });
 
     hv_a.start(&spec).await.unwrap();
     let (_, offset_a) = wait_serial(&hv_a, "vm-mig", 0, "UC-BOOT-OK vm-mig").await;
@@ -402,6 +411,202 @@ async fn live_migration_between_two_hypervisors() {
     let (log_b, _) = wait_serial(&hv_b, "vm-mig", 0, "UC-BOOT-OK vm-mig").await;
     assert_eq!(marker_value(&log_b, "UC-DISK "), ["boots=2"], "{log_b}");
     hv_b.kill("vm-mig").await.unwrap();
+}
+
+/// `qemu-nbd --shared=2` serving a raw file on a loopback port, stopped on drop.
+struct NbdExport {
+    child: std::process::Child,
+    url: String,
+}
+
+impl NbdExport {
+    fn start(file: &Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new("qemu-nbd")
+            .args([
+                "--format=raw",
+                "--bind=127.0.0.1",
+                "--shared=2",
+                "--persistent",
+            ])
+            .arg(format!("--port={port}"))
+            .arg("--export-name=shared")
+            .arg(file)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("qemu-nbd (qemu-utils)");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "qemu-nbd never listened"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self {
+            child,
+            url: format!("nbd://127.0.0.1:{port}/shared"),
+        }
+    }
+}
+
+impl Drop for NbdExport {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A throwaway L2 segment: a bridge with the VM's tap and a veth into a network namespace
+/// where dnsmasq serves DHCP and answers pings on 10.213.<n>.1. Torn down on drop.
+struct TestSegment {
+    suffix: String,
+    netns: String,
+    tap: String,
+    gateway: String,
+    prefix: String,
+    leases: PathBuf,
+    dnsmasq: Option<std::process::Child>,
+}
+
+fn sh(args: &[&str]) {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestSegment {
+    fn create(dir: &Path) -> Self {
+        let n = std::process::id() % 250 + 1;
+        let suffix = format!("{:x}", std::process::id());
+        let seg = Self {
+            netns: format!("uchv-{suffix}"),
+            tap: format!("uchvt{suffix}"),
+            gateway: format!("10.213.{n}.1"),
+            prefix: format!("10.213.{n}."),
+            leases: dir.join("dnsmasq.leases"),
+            suffix,
+            dnsmasq: None,
+        };
+        let (br, veth, peer) = seg.links();
+        sh(&["ip", "netns", "add", &seg.netns]);
+        sh(&["ip", "link", "add", &br, "type", "bridge"]);
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", &peer,
+        ]);
+        sh(&["ip", "link", "set", &peer, "netns", &seg.netns]);
+        sh(&["ip", "tuntap", "add", "dev", &seg.tap, "mode", "tap"]);
+        for link in [&veth, &seg.tap] {
+            sh(&["ip", "link", "set", link, "master", &br]);
+            sh(&["ip", "link", "set", link, "up"]);
+        }
+        sh(&["ip", "link", "set", &br, "up"]);
+        let ns = |cmd: &[&str]| {
+            let mut full = vec!["ip", "netns", "exec", &seg.netns];
+            full.extend_from_slice(cmd);
+            sh(&full);
+        };
+        ns(&["ip", "link", "set", "lo", "up"]);
+        ns(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("{}/24", seg.gateway),
+            "dev",
+            &peer,
+        ]);
+        ns(&["ip", "link", "set", &peer, "up"]);
+        let mut seg = seg;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &seg.netns, "dnsmasq", "--no-daemon"])
+            .args(["--conf-file=/dev/null", "--port=0", "--bind-interfaces"])
+            .arg(format!("--interface={peer}"))
+            .arg(format!(
+                "--dhcp-range={p}50,{p}99,255.255.255.0,1h",
+                p = seg.prefix
+            ))
+            .arg(format!("--dhcp-leasefile={}", seg.leases.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("dnsmasq (dnsmasq-base)");
+        seg.dnsmasq = Some(child);
+        seg
+    }
+
+    fn links(&self) -> (String, String, String) {
+        (
+            format!("uchvb{}", self.suffix),
+            format!("uchvv{}", self.suffix),
+            format!("uchvp{}", self.suffix),
+        )
+    }
+}
+
+impl Drop for TestSegment {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.dnsmasq.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let (br, veth, _) = self.links();
+        for link in [&self.tap, &veth, &br] {
+            let _ = Command::new("ip").args(["link", "del", link]).output();
+        }
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.netns])
+            .output();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nic_on_a_tap_gets_dhcp_and_reaches_its_gateway() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let _guard = KillOnDrop(vec![run_dir.clone()]);
+    let segment = TestSegment::create(tmp.path());
+    let hv = Hypervisor::new(HypervisorConfig::new(&run_dir)).unwrap();
+    let guest = build_guest(tmp.path());
+    let ping = format!("uc.ping={}", segment.gateway);
+    let mut spec = spec("vm-net", &guest, &[&ping]).await;
+    spec.nics.push(NicSpec {
+        tap: segment.tap.clone(),
+        mac: "52:54:00:c0:ff:ee".into(),
+    });
+    hv.start(&spec).await.unwrap();
+    let (log, _) = wait_serial(&hv, "vm-net", 0, "UC-BOOT-OK vm-net").await;
+    let ip = marker_value(&log, "UC-GUEST-IP ");
+    assert_eq!(ip.len(), 1, "{log}");
+    let (addr, len) = ip[0].split_once('/').expect("addr/prefix");
+    assert!(
+        addr.starts_with(&segment.prefix),
+        "{addr} not from dnsmasq's range"
+    );
+    let host: u8 = addr[segment.prefix.len()..].parse().unwrap();
+    assert!((50..=99).contains(&host), "{addr}");
+    assert_eq!(len, "24");
+    assert_eq!(
+        marker_value(&log, "UC-PING "),
+        [format!("{} ok", segment.gateway)],
+        "{log}"
+    );
+    // dnsmasq leased that address to the NIC's MAC.
+    let leases = std::fs::read_to_string(&segment.leases).unwrap();
+    assert!(
+        leases
+            .lines()
+            .any(|l| l.contains("52:54:00:c0:ff:ee") && l.contains(addr)),
+        "{leases}"
+    );
+    hv.kill("vm-net").await.unwrap();
 }
 
 #[tokio::test]
