@@ -622,7 +622,7 @@ impl Hypervisor {
         }
         entries.sort();
         for (vm_id, dir) in entries {
-            if self.live(&vm_id).is_some() {
+            if self.live(&vm_id).is_some_and(|vm| !vm.qmp.is_closed()) {
                 report.adopted.push(vm_id);
                 continue;
             }

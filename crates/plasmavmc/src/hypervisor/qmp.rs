@@ -37,7 +37,13 @@ pub enum QmpError {
     /// The connection closed (QEMU exited) before the reply came.
     #[error("QMP connection closed")]
     Closed,
+    /// QEMU did not answer in time (a wedged QEMU must not wedge the worker).
+    #[error("QMP command {0} got no reply within {1:?}")]
+    Timeout(String, std::time::Duration),
 }
+
+/// Every QMP command here answers in milliseconds (migration is polled, not awaited).
+const REPLY_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 type Pending = Arc<std::sync::Mutex<Option<HashMap<u64, oneshot::Sender<Value>>>>>;
 
@@ -61,7 +67,11 @@ impl QmpClient {
         let stream = UnixStream::connect(path).await?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
-        let greeting = lines.next_line().await?.ok_or(QmpError::Closed)?;
+        // QEMU serves one QMP client at a time; a second one waits here for the greeting.
+        let greeting = tokio::time::timeout(REPLY_TIMEOUT, lines.next_line())
+            .await
+            .map_err(|_| QmpError::Timeout("greeting".into(), REPLY_TIMEOUT))??
+            .ok_or(QmpError::Closed)?;
         let greeting: Value = serde_json::from_str(&greeting)
             .map_err(|e| QmpError::Protocol(format!("bad greeting: {e}")))?;
         if greeting.get("QMP").is_none() {
@@ -142,7 +152,15 @@ impl QmpClient {
                 return Err(e.into());
             }
         }
-        let reply = rx.await.map_err(|_| QmpError::Closed)?;
+        let reply = match tokio::time::timeout(REPLY_TIMEOUT, rx).await {
+            Ok(reply) => reply.map_err(|_| QmpError::Closed)?,
+            Err(_) => {
+                if let Some(p) = self.pending.lock().expect("qmp pending lock").as_mut() {
+                    p.remove(&id);
+                }
+                return Err(QmpError::Timeout(command.to_string(), REPLY_TIMEOUT));
+            }
+        };
         if let Some(ret) = reply.get("return") {
             return Ok(ret.clone());
         }
