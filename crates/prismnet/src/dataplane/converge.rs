@@ -35,7 +35,12 @@ struct NftApplied {
 struct LastPass {
     plan: HostPlan,
     deep_at: Instant,
+    /// The pass reported no errors. After errors the next deep pass comes sooner (a failed
+    /// step inside a namespace is only retried by a deep pass).
+    clean: bool,
 }
+
+const RETRY_DEEP_AFTER: Duration = Duration::from_secs(1);
 
 /// The dataplane of one host (the network namespace of the calling thread).
 #[derive(Debug)]
@@ -75,7 +80,12 @@ impl Dataplane {
             )));
         }
         let deep = match &self.last {
-            Some(last) => last.plan != *plan || last.deep_at.elapsed() >= self.full_verify_every,
+            Some(last) => {
+                let since = last.deep_at.elapsed();
+                last.plan != *plan
+                    || since >= self.full_verify_every
+                    || (!last.clean && since >= RETRY_DEEP_AFTER)
+            }
             None => true,
         };
         let prefix_dir = self.state_dir.join(&plan.prefix);
@@ -113,6 +123,7 @@ impl Dataplane {
         self.last = Some(LastPass {
             plan: plan.clone(),
             deep_at,
+            clean: report.errors.is_empty(),
         });
         Ok(report)
     }
@@ -303,6 +314,18 @@ impl Pass<'_> {
         self.changed(format!("create netns {name}"));
         self.ip_in(name, &["link", "set", "lo", "up"])?;
         Ok(true)
+    }
+
+    /// A name in /run/netns that cannot be entered (e.g. left from a mount namespace that is
+    /// gone) is removed, so the next pass creates the namespace afresh.
+    fn drop_unusable_netns(&mut self, name: &str, error: String) {
+        // Only iproute2's "cannot enter" failure; any other error leaves the namespace alone.
+        let unusable = error.contains("setting the network namespace");
+        self.error(error);
+        if unusable && self.ip(&["netns", "del", name]).is_ok() {
+            self.netns.remove(name);
+            self.changed(format!("delete unusable netns {name}"));
+        }
     }
 
     fn network(&mut self, net: &Net) {
@@ -594,7 +617,7 @@ impl Pass<'_> {
         let inner = if self.deep && !fresh {
             match self.read_netns_links(&d.netns, None) {
                 Ok(links) => Some(links),
-                Err(e) => return self.error(e),
+                Err(e) => return self.drop_unusable_netns(&d.netns, e),
             }
         } else {
             None
@@ -750,7 +773,7 @@ impl Pass<'_> {
         let inner = if self.deep && !fresh {
             match self.read_netns_links(ns, None) {
                 Ok(links) => Some(links),
-                Err(e) => return self.error(e),
+                Err(e) => return self.drop_unusable_netns(ns, e),
             }
         } else {
             None
