@@ -3,12 +3,12 @@
 //! deletes or releases them with the VM; workers bind a port to their host as a `tap`, wait
 //! for the agent to make it `active`, and unbind it when the VM leaves.
 //!
-//! The shapes mirror `prismnet::api` field for field; only the fields plasmavmc reads are
-//! declared.
+//! Everything goes through prismnet's typed client ([`PrismnetClient`]).
 
-use serde::Deserialize;
+use prismnet::api::{Binding, CreatePort, Port, UpdatePort};
+use prismnet::client::PrismnetClient;
 use uc_runtime::Secret;
-use uc_runtime::client::{ApiClient, ClientError, ClientOptions};
+use uc_runtime::client::{ClientError, ClientOptions};
 
 use crate::api::VmNic;
 
@@ -27,41 +27,19 @@ pub enum NetError {
 fn classify(what: &str, e: ClientError) -> NetError {
     match e.status() {
         Some(404) => NetError::NotFound(format!("{what}: not found")),
-        Some(409) => NetError::Conflict(format!("{what}: {e}")),
+        Some(409 | 412) => NetError::Conflict(format!("{what}: {e}")),
         Some(s) if (400..500).contains(&s) => NetError::Invalid(format!("{what}: {e}")),
         _ => NetError::Unavailable(format!("prismnet: {what}: {e}")),
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-pub struct Binding {
-    pub host: String,
-    pub attachment: String,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Port {
-    pub id: String,
-    pub subnet_id: String,
-    pub mac: String,
-    pub ips: Vec<String>,
-    pub device_owner: Option<String>,
-    pub device_id: Option<String>,
-    pub binding: Option<Binding>,
-    pub status: String,
-    pub device: Option<String>,
-    pub version: i64,
-}
-
-impl Port {
-    pub fn nic(&self, owned: bool) -> VmNic {
-        VmNic {
-            port_id: self.id.clone(),
-            subnet_id: self.subnet_id.clone(),
-            mac: self.mac.clone(),
-            ips: self.ips.clone(),
-            owned,
-        }
+fn nic(port: &Port, owned: bool) -> VmNic {
+    VmNic {
+        port_id: port.id.clone(),
+        subnet_id: port.subnet_id.clone(),
+        mac: port.mac.clone(),
+        ips: port.ips.clone(),
+        owned,
     }
 }
 
@@ -70,8 +48,8 @@ impl Port {
 pub struct Network {
     url: String,
     options: ClientOptions,
-    /// The service (operator) credential.
-    service: ApiClient,
+    /// With the service (operator) credential.
+    service: PrismnetClient,
 }
 
 impl Network {
@@ -82,7 +60,7 @@ impl Network {
     ) -> Result<Self, ClientError> {
         Ok(Self {
             url: url.to_owned(),
-            service: ApiClient::new(
+            service: PrismnetClient::new(
                 url,
                 ClientOptions {
                     token: Some(service_token),
@@ -93,8 +71,8 @@ impl Network {
         })
     }
 
-    fn as_caller(&self, token: &Secret<String>) -> Result<ApiClient, NetError> {
-        ApiClient::new(
+    fn as_caller(&self, token: &Secret<String>) -> Result<PrismnetClient, NetError> {
+        PrismnetClient::new(
             &self.url,
             ClientOptions {
                 token: Some(token.clone()),
@@ -112,9 +90,9 @@ impl Network {
         vm_id: &str,
     ) -> Result<VmNic, NetError> {
         let what = format!("port {port_id}");
-        let port: Port = self
+        let port = self
             .as_caller(caller_token)?
-            .get(&format!("/v1/ports/{port_id}"))
+            .get_port(port_id)
             .await
             .map_err(|e| classify(&what, e))?;
         if port
@@ -127,19 +105,21 @@ impl Network {
                 port.device_id.unwrap_or_default()
             )));
         }
-        let port: Port = self
+        let port = self
             .service
-            .put(
-                &format!("/v1/ports/{port_id}"),
-                &serde_json::json!({
-                    "device_owner": "vm",
-                    "device_id": vm_id,
-                    "version": port.version,
-                }),
+            .update_port(
+                port_id,
+                &UpdatePort {
+                    device_owner: Some("vm".into()),
+                    device_id: Some(vm_id.into()),
+                    // Claimed from the version read: a concurrent claim loses.
+                    version: Some(port.version),
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| classify(&what, e))?;
-        Ok(port.nic(false))
+        Ok(nic(&port, false))
     }
 
     /// A new port in the caller's subnet, owned by VM `vm_id`.
@@ -150,28 +130,27 @@ impl Network {
         vm_id: &str,
         vm_name: &str,
     ) -> Result<VmNic, NetError> {
-        let port: Port = self
+        let req = CreatePort {
+            subnet_id: subnet_id.into(),
+            name: format!("{vm_name}-{}", &vm_id[vm_id.len().saturating_sub(6)..]),
+            mac: None,
+            ips: None,
+            security_groups: None,
+            port_security: None,
+            device_owner: Some("vm".into()),
+            device_id: Some(vm_id.into()),
+            binding: None,
+        };
+        let port = self
             .as_caller(caller_token)?
-            .post(
-                "/v1/ports",
-                &serde_json::json!({
-                    "subnet_id": subnet_id,
-                    "name": format!("{vm_name}-{}", &vm_id[vm_id.len().saturating_sub(6)..]),
-                    "device_owner": "vm",
-                    "device_id": vm_id,
-                }),
-            )
+            .create_port(&req, Some(&format!("{vm_id}-{subnet_id}")))
             .await
             .map_err(|e| classify(&format!("subnet {subnet_id}"), e))?;
-        Ok(port.nic(true))
+        Ok(nic(&port, true))
     }
 
     pub async fn delete_port(&self, port_id: &str) -> Result<(), NetError> {
-        match self
-            .service
-            .delete_no_content(&format!("/v1/ports/{port_id}"))
-            .await
-        {
+        match self.service.delete(&format!("/v1/ports/{port_id}")).await {
             Ok(()) => Ok(()),
             Err(e) if e.status() == Some(404) => Ok(()),
             Err(e) => Err(classify(&format!("port {port_id}"), e)),
@@ -188,10 +167,16 @@ impl Network {
         if port.device_id.as_deref() != Some(vm_id) {
             return Ok(());
         }
+        let unbind = port.binding.is_some();
         self.service
-            .put::<_, Port>(
-                &format!("/v1/ports/{port_id}"),
-                &serde_json::json!({"device_owner": "", "device_id": "", "unbind": true}),
+            .update_port(
+                port_id,
+                &UpdatePort {
+                    device_owner: Some(String::new()),
+                    device_id: Some(String::new()),
+                    unbind,
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| classify(&format!("port {port_id}"), e))?;
@@ -200,7 +185,7 @@ impl Network {
 
     pub async fn get_port(&self, port_id: &str) -> Result<Port, NetError> {
         self.service
-            .get(&format!("/v1/ports/{port_id}"))
+            .get_port(port_id)
             .await
             .map_err(|e| classify(&format!("port {port_id}"), e))
     }
@@ -215,9 +200,15 @@ impl Network {
             return Ok(port);
         }
         self.service
-            .put(
-                &format!("/v1/ports/{port_id}"),
-                &serde_json::json!({"binding": {"host": host, "attachment": "tap"}}),
+            .update_port(
+                port_id,
+                &UpdatePort {
+                    binding: Some(Binding {
+                        host: host.into(),
+                        attachment: "tap".into(),
+                    }),
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| classify(&format!("port {port_id}"), e))
@@ -234,9 +225,12 @@ impl Network {
             return Ok(());
         }
         self.service
-            .put::<_, Port>(
-                &format!("/v1/ports/{port_id}"),
-                &serde_json::json!({"unbind": true}),
+            .update_port(
+                port_id,
+                &UpdatePort {
+                    unbind: true,
+                    ..Default::default()
+                },
             )
             .await
             .map_err(|e| classify(&format!("port {port_id}"), e))?;

@@ -987,24 +987,20 @@ impl Plasmavmc {
                 (ImageKind::Disk, None) => Some(image.size_bytes.div_ceil(MIB).max(1)),
                 (ImageKind::Kernel, None) => None,
             };
-            let mut wanted: Vec<(String, Option<u64>, serde_json::Value)> = Vec::new();
+            use coronafs::api::{CreateVolume, VolumeFormat, VolumeSource};
+            let mut wanted: Vec<(String, Option<u64>, VolumeSource)> = Vec::new();
             if let Some(size) = root_mib {
                 let source = match image.kind {
-                    ImageKind::Disk => serde_json::json!({
-                        "type": "image",
-                        "location": image.disk.clone().unwrap_or_default(),
-                    }),
-                    ImageKind::Kernel => serde_json::json!({"type": "blank"}),
+                    ImageKind::Disk => VolumeSource::Image {
+                        location: image.disk.clone().unwrap_or_default(),
+                    },
+                    ImageKind::Kernel => VolumeSource::Blank,
                 };
                 wanted.push(("root".into(), Some(size), source));
             }
             for (i, v) in req.volumes.iter().enumerate() {
                 if let Some(size) = v.size_mib {
-                    wanted.push((
-                        format!("data{i}"),
-                        Some(size),
-                        serde_json::json!({"type": "blank"}),
-                    ));
+                    wanted.push((format!("data{i}"), Some(size), VolumeSource::Blank));
                 } else if let Some(existing) = &v.volume_id {
                     let vol = volumes
                         .get(existing)
@@ -1029,13 +1025,14 @@ impl Plasmavmc {
                 }
             }
             for (role, size, source) in wanted {
-                let create = crate::volumes::CreateVolume {
+                let create = CreateVolume {
                     name: format!("{id}-{role}"),
                     size_bytes: size.map(|s| s * MIB),
-                    format: "raw".into(),
+                    format: VolumeFormat::Raw,
                     source,
                     // Live migration attaches the volume to two workers for a moment.
                     multi_attach: true,
+                    node: None,
                     org: Some(rec.vm.org_id.clone()),
                     project: Some(rec.vm.project_id.clone()),
                 };

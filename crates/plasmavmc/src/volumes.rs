@@ -1,49 +1,14 @@
-//! VM volumes through coronafs' controller API (`/v1/volumes`): the control plane creates and
-//! deletes them (with the service token, for the VM's tenant); workers attach and detach.
-//!
-//! The request/response shapes mirror `coronafs::api` field for field; only the fields
-//! plasmavmc reads are declared, so coronafs may add fields without breaking this side.
+//! VM volumes through coronafs' typed client ([`coronafs::CoronafsClient`]): the control plane
+//! creates and deletes them (with the service token, for the VM's tenant); workers attach and
+//! detach them.
 
-use serde::{Deserialize, Serialize};
+use coronafs::api::{AttachInfo, AttachVolume, CreateVolume, Volume};
 use uc_runtime::Secret;
-use uc_runtime::client::{ApiClient, ClientError, ClientOptions};
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CreateVolume {
-    pub name: String,
-    pub size_bytes: Option<u64>,
-    pub format: String,
-    pub source: serde_json::Value,
-    pub multi_attach: bool,
-    pub org: Option<String>,
-    pub project: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-pub struct Volume {
-    pub id: String,
-    pub org: String,
-    pub project: String,
-    pub size_bytes: u64,
-    #[serde(default)]
-    pub attachments: Vec<serde_json::Value>,
-}
-
-/// Where a worker opens an attached volume.
-#[derive(Debug, Clone, Deserialize)]
-pub struct AttachInfo {
-    pub volume_id: String,
-    /// `nbd` or `local`.
-    pub transport: String,
-    pub nbd_url: Option<String>,
-    pub local_path: Option<String>,
-    /// The format of `local_path` (`raw` or `qcow2`); NBD exports are always raw.
-    pub format: String,
-}
+use uc_runtime::client::{ClientError, ClientOptions};
 
 #[derive(Clone)]
 pub struct Volumes {
-    api: ApiClient,
+    client: coronafs::CoronafsClient,
 }
 
 impl Volumes {
@@ -53,11 +18,11 @@ impl Volumes {
         options: ClientOptions,
     ) -> Result<Self, ClientError> {
         Ok(Self {
-            api: ApiClient::new(
+            client: coronafs::CoronafsClient::new(
                 url,
                 ClientOptions {
                     token: Some(token),
-                    // A volume create clones an image: it can take a while.
+                    // A volume create may clone an image: it can take a while.
                     timeout: std::time::Duration::from_secs(300),
                     ..options
                 },
@@ -66,40 +31,32 @@ impl Volumes {
     }
 
     pub async fn create(&self, req: &CreateVolume, key: &str) -> Result<Volume, ClientError> {
-        self.api.post_idempotent("/v1/volumes", req, key).await
+        self.client.create_volume(req, Some(key)).await
     }
 
     pub async fn get(&self, id: &str) -> Result<Volume, ClientError> {
-        self.api.get(&format!("/v1/volumes/{id}")).await
+        self.client.get_volume(id).await
     }
 
     pub async fn delete(&self, id: &str) -> Result<(), ClientError> {
-        self.api
-            .delete_no_content(&format!("/v1/volumes/{id}"))
-            .await
+        self.client.delete_volume(id).await
     }
 
-    pub async fn attach(
-        &self,
-        id: &str,
-        worker: &str,
-        prefer_local: bool,
-    ) -> Result<AttachInfo, ClientError> {
-        self.api
-            .post(
-                &format!("/v1/volumes/{id}/attach"),
-                &serde_json::json!({"worker": worker, "prefer_local": prefer_local}),
+    /// Where `worker` opens the volume: always through the NBD export (`prefer_local` off),
+    /// so that a migration's destination reaches the same bytes the same way.
+    pub async fn attach(&self, id: &str, worker: &str) -> Result<AttachInfo, ClientError> {
+        self.client
+            .attach(
+                id,
+                &AttachVolume {
+                    worker: worker.to_owned(),
+                    prefer_local: false,
+                },
             )
             .await
     }
 
     pub async fn detach(&self, id: &str, worker: &str) -> Result<(), ClientError> {
-        self.api
-            .post::<_, serde_json::Value>(
-                &format!("/v1/volumes/{id}/detach"),
-                &serde_json::json!({"worker": worker}),
-            )
-            .await
-            .map(|_| ())
+        self.client.detach(id, worker).await.map(|_| ())
     }
 }

@@ -442,16 +442,15 @@ impl Agent {
                 .ok_or("the VM has volumes but this worker has no coronafs")?;
             for (i, v) in vm.volumes.iter().enumerate() {
                 let info = volumes
-                    .attach(&v.volume_id, &self.name, false)
+                    .attach(&v.volume_id, &self.name)
                     .await
                     .map_err(|e| format!("attach volume {}: {e}", v.volume_id))?;
-                let source = match (info.transport.as_str(), &info.nbd_url, &info.local_path) {
-                    ("local", _, Some(path)) => DiskSource::File {
+                let source = match (info.transport, &info.nbd_url, &info.local_path) {
+                    (coronafs::api::Transport::Local, _, Some(path)) => DiskSource::File {
                         path: PathBuf::from(path),
-                        format: if info.format == "qcow2" {
-                            DiskFormat::Qcow2
-                        } else {
-                            DiskFormat::Raw
+                        format: match info.format {
+                            coronafs::api::VolumeFormat::Qcow2 => DiskFormat::Qcow2,
+                            coronafs::api::VolumeFormat::Raw => DiskFormat::Raw,
                         },
                     },
                     (_, Some(url), _) => DiskSource::Nbd { url: url.clone() },

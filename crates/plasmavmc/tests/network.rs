@@ -87,11 +87,7 @@ async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Value 
 async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
     // Device and namespace names are global per kernel: a prefix of our own.
     let prefix = format!("p{:x}", std::process::id() % 0xffff);
-    let cloud = cloud::up_with(
-        "",
-        format!("[prismnet]\nport = {{port:prismnet}}\n[prismnet_agent]\nprefix = \"{prefix}\"\n"),
-    )
-    .await;
+    let cloud = cloud::up_with("", Some(format!("prefix = \"{prefix}\""))).await;
     let _reaper = QemuReaper(cloud.worker_dir());
     let node = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0]["host"]
         .as_str()

@@ -29,7 +29,8 @@ const PORTS: &[&str] = &[
     "worker",
 ];
 
-fn config(n: &NodeInfo, extra: &str, tables: &str) -> String {
+/// `agent`: the `[prismnet_agent]` keys; `None` turns the host network agent off.
+fn config(n: &NodeInfo, extra: &str, agent: Option<&str>) -> String {
     let nbd = n.port("nbd");
     format!(
         "[node]\nname = \"uc-{name}\"\nbind = \"{ip}\"\nport = {node}\n[http]\nshutdown_grace_secs = 2\n\
@@ -38,7 +39,8 @@ fn config(n: &NodeInfo, extra: &str, tables: &str) -> String {
          [iam]\nport = {iam}\n\
          [coronafs]\nport = {coronafs}\nnbd_port_min = {nbd}\nnbd_port_max = {nbd_max}\n\
          [plasmavmc]\nport = {plasmavmc}\n{extra}\n\
-         [plasmavmc_worker]\nport = {worker}\naccel = \"tcg\"\nheartbeat_secs = 2\n{tables}\n",
+         [plasmavmc_worker]\nport = {worker}\naccel = \"tcg\"\nheartbeat_secs = 2\n\
+         [prismnet]\nport = {prismnet}\n[prismnet_agent]\n{agent}\n",
         name = n.name,
         ip = n.ip,
         node = n.port("node"),
@@ -51,6 +53,13 @@ fn config(n: &NodeInfo, extra: &str, tables: &str) -> String {
         iam = n.port("iam"),
         coronafs = n.port("coronafs"),
         nbd_max = nbd + 40,
+        prismnet = n.port("prismnet"),
+        // prismnet's agent owns its devices in the root network namespace (where QEMU opens
+        // taps): only the tests that need VM NICs run one, never two clouds at once.
+        agent = agent.map_or_else(
+            || "enabled = false".to_owned(),
+            |k| format!("enabled = true\n{k}")
+        ),
         plasmavmc = n.port("plasmavmc"),
         worker = n.port("worker"),
     )
@@ -64,23 +73,16 @@ pub struct Cloud {
     pub info: NodeInfo,
 }
 
-/// `extra`: extra lines for the `[plasmavmc]` table.
+/// `extra`: extra lines for the `[plasmavmc]` table. No host network agent: VMs without NICs.
 pub async fn up(extra: &'static str) -> Cloud {
-    up_with(extra, String::new()).await
+    up_with(extra, None).await
 }
 
-/// Like [`up`], with more tables appended to the config (`{port:NAME}` is replaced by that
-/// port's number).
-pub async fn up_with(extra: &'static str, tables: String) -> Cloud {
+/// Like [`up`]; `agent`: run prismnet's host agent with these `[prismnet_agent]` keys.
+pub async fn up_with(extra: &'static str, agent: Option<String>) -> Cloud {
     let cluster = Cluster::builder(1)
         .ports(PORTS)
-        .config(move |n, _| {
-            let mut t = tables.clone();
-            for p in PORTS {
-                t = t.replace(&format!("{{port:{p}}}"), &n.port(p).to_string());
-            }
-            config(n, extra, &t)
-        })
+        .config(move |n, _| config(n, extra, agent.as_deref()))
         .args(|n| {
             vec![
                 "up".into(),
