@@ -456,13 +456,17 @@ async fn start_plasmavmc_worker(
         prismnet_url: started_url(started, "prismnet"),
         coronafs_url: started_url(started, "coronafs"),
     };
-    let running =
-        plasmavmc::worker::start(ctx, cfg.plasmavmc_worker.clone(), defaults, shutdown.clone())
-            .await
-            .map_err(|e| match e {
-                plasmavmc::worker::StartError::Config(m) => Failure::Config(m),
-                plasmavmc::worker::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
-            })?;
+    let running = plasmavmc::worker::start(
+        ctx,
+        cfg.plasmavmc_worker.clone(),
+        defaults,
+        shutdown.clone(),
+    )
+    .await
+    .map_err(|e| match e {
+        plasmavmc::worker::StartError::Config(m) => Failure::Config(m),
+        plasmavmc::worker::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
+    })?;
     Ok(Started {
         name: "plasmavmc-worker",
         readiness: running.readiness.clone(),
@@ -753,11 +757,8 @@ pub async fn serve(args: ServeArgs) -> Result<(), Failure> {
             let _ = started.task.await;
         }
         Component::PlasmavmcWorker => {
-            let control_plane_url = format!(
-                "{}://{}",
-                ctx.scheme(),
-                ctx.listen(cfg.plasmavmc.port)
-            );
+            let control_plane_url =
+                format!("{}://{}", ctx.scheme(), ctx.listen(cfg.plasmavmc.port));
             let started =
                 start_plasmavmc_worker(&cfg, &ctx, &shutdown, control_plane_url, &[]).await?;
             let _ = started.task.await;
