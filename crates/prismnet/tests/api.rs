@@ -98,7 +98,7 @@ async fn crud_versions_and_deletion_order() {
     assert_eq!(net.ok(&format!("/v1/ports/{id}")).await["name"], "web-1");
 
     // Lists filter and paginate.
-    let ports = net.all(&format!("/v1/ports?device_id=vm-1")).await;
+    let ports = net.all("/v1/ports?device_id=vm-1").await;
     assert_eq!(ports.len(), 1);
     for i in 0..3 {
         net.create(
@@ -318,7 +318,7 @@ async fn tenants_see_only_their_own_networks() {
         .await;
     b.create("/v1/ports", json!({"subnet_id": subnet_b["id"]}))
         .await;
-    assert_eq!(vpc_a["org"].as_str().unwrap().is_empty(), false);
+    assert!(!vpc_a["org"].as_str().unwrap().is_empty());
 
     for path in [
         format!("/v1/vpcs/{}", vpc_a["id"].as_str().unwrap()),
