@@ -711,7 +711,10 @@ impl Pass<'_> {
                             let live = links[ifname].clone();
                             self.fix_inner(workload, &live, Some(&port.mac), None, Some(net.mtu));
                         }
-                        _ => create = true,
+                        Ok(_) => create = true,
+                        // Only a missing peer justifies recreating a working port.
+                        Err(e) if e.contains("does not exist") => create = true,
+                        Err(e) => self.error(e),
                     }
                 }
                 if create {
