@@ -73,8 +73,16 @@ impl NodeConfig {
     pub fn load(file: Option<&Path>, flags: Vec<Override>) -> Result<Self, Failure> {
         let mut overrides = Override::from_env();
         overrides.extend(flags);
-        let cfg: NodeConfig = config::load(file, &overrides)?;
+        let mut cfg: NodeConfig = config::load(file, &overrides)?;
         cfg.log.validate().map_err(Failure::Config)?;
+        // Components hand paths below the data directory to child processes (QEMU, dnsmasq,
+        // qemu-nbd) that run elsewhere or change directory: keep it absolute.
+        cfg.node.data_dir = std::path::absolute(&cfg.node.data_dir).map_err(|e| {
+            Failure::Config(format!(
+                "config key `node.data_dir`: {}: {e}",
+                cfg.node.data_dir.display()
+            ))
+        })?;
         if cfg.node.name.is_empty()
             || !cfg
                 .node
