@@ -84,6 +84,11 @@ port = $((BASE + 87))
 [plasmavmc_worker]
 port = $((BASE + 97))
 accel = "$ACCEL"
+# The default offer (4 vCPUs per host CPU) would refuse part of the concurrent creates on a
+# small host; the bench measures boots, not admission.
+vcpus = $((CONCURRENT > 16 ? CONCURRENT * 2 : 32))
+[prismnet_agent]
+enabled = false
 CFG
 "$UC" up --config "$WORK/config.toml" --data-dir "$DATA" >"$WORK/up.log" 2>&1 &
 UP_PID=$!
