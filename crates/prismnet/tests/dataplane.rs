@@ -1188,6 +1188,28 @@ fn empty_plan_removes_everything() {
     // Empty again is a no-op.
     let report = host.converge(&host.plan());
     assert!(report.changed.is_empty(), "{report:#?}");
+
+    // teardown_all does the same from any state and also drops the state directory.
+    host.converge(&plan);
+    assert!(dnsmasq_running());
+    let netns = host.netns.clone();
+    let prefix = host.prefix.clone();
+    let dp = &mut host.dp;
+    let report = in_netns(&netns, || dp.teardown_all(&prefix)).unwrap();
+    assert!(report.errors.is_empty(), "{report:#?}");
+    assert!(!dnsmasq_running());
+    assert!(!host.dp.state_dir().join(&host.prefix).exists());
+    let netns_list = run("ip", &["netns", "list"]).unwrap();
+    assert!(
+        !netns_list.contains(&format!("{}d-", host.prefix)),
+        "{netns_list}"
+    );
+    assert!(
+        !netns_list.contains(&format!("{}r-", host.prefix)),
+        "{netns_list}"
+    );
+    let tables = host.nft(&["list", "tables"]).unwrap();
+    assert!(!tables.contains("ultracloud"), "{tables}");
 }
 
 #[test]
