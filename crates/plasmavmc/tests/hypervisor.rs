@@ -193,6 +193,22 @@ async fn boots_reads_seed_keeps_disk_across_reboot_and_stop_start() {
 
     hv.kill("vm-seed").await.unwrap();
     assert_eq!(hv.status("vm-seed").await.unwrap().state, RunState::Stopped);
+    // Stopping what is stopped is not an error; an unknown VM is.
+    hv.kill("vm-seed").await.unwrap();
+    assert_eq!(
+        hv.shutdown("vm-seed", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        ShutdownOutcome::AlreadyStopped
+    );
+    assert!(matches!(
+        hv.reboot("vm-seed").await,
+        Err(HypervisorError::NotRunning(_))
+    ));
+    assert!(matches!(
+        hv.kill("vm-nobody").await,
+        Err(HypervisorError::NotFound(_))
+    ));
     hv.remove("vm-seed").await.unwrap();
     assert!(matches!(
         hv.status("vm-seed").await,

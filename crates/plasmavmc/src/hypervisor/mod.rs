@@ -422,6 +422,7 @@ impl Hypervisor {
     }
 
     fn live_or_err(&self, vm_id: &str) -> Result<Arc<Vm>> {
+        validate_id(vm_id, 64, "vm_id")?;
         self.live(vm_id).ok_or_else(|| {
             if self.vm_dir(vm_id).join("spec.json").exists() {
                 HypervisorError::NotRunning(vm_id.to_string())
@@ -429,6 +430,16 @@ impl Hypervisor {
                 HypervisorError::NotFound(vm_id.to_string())
             }
         })
+    }
+
+    /// Ok for a VM this run dir knows (started at least once), NotFound otherwise.
+    fn known_or_err(&self, vm_id: &str) -> Result<()> {
+        validate_id(vm_id, 64, "vm_id")?;
+        if self.vm_dir(vm_id).join("spec.json").exists() {
+            Ok(())
+        } else {
+            Err(HypervisorError::NotFound(vm_id.to_string()))
+        }
     }
 
     /// Drops the in-memory handle and the runtime files of a VM whose process is gone.
@@ -453,6 +464,7 @@ impl Hypervisor {
 
     /// The spec a VM was last started with (from its run dir).
     pub fn spec(&self, vm_id: &str) -> Result<VmSpec> {
+        validate_id(vm_id, 64, "vm_id")?;
         let bytes = std::fs::read(self.vm_dir(vm_id).join("spec.json")).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 HypervisorError::NotFound(vm_id.to_string())
@@ -466,6 +478,7 @@ impl Hypervisor {
 
     /// QEMU's view (`query-status`), or `Stopped` when no process runs.
     pub async fn status(&self, vm_id: &str) -> Result<VmStatus> {
+        validate_id(vm_id, 64, "vm_id")?;
         let Some(vm) = self.live(vm_id) else {
             if !self.vm_dir(vm_id).join("spec.json").exists() {
                 return Err(HypervisorError::NotFound(vm_id.to_string()));
@@ -525,7 +538,7 @@ impl Hypervisor {
     /// then `quit`; then SIGKILL.
     pub async fn shutdown(&self, vm_id: &str, timeout: Duration) -> Result<ShutdownOutcome> {
         let Some(vm) = self.live(vm_id) else {
-            self.live_or_err(vm_id)?;
+            self.known_or_err(vm_id)?;
             return Ok(ShutdownOutcome::AlreadyStopped);
         };
         match vm.qmp.execute("system_powerdown", None).await {
@@ -572,8 +585,7 @@ impl Hypervisor {
     /// SIGKILL. Only ever signals a pid whose command line still carries this VM's marker.
     pub async fn kill(&self, vm_id: &str) -> Result<()> {
         let Some(vm) = self.live(vm_id) else {
-            self.live_or_err(vm_id)?;
-            return Ok(());
+            return self.known_or_err(vm_id);
         };
         kill_pid(vm.pid);
         if !self.wait_gone(vm_id, &vm, QUIT_GRACE).await {
