@@ -379,3 +379,80 @@ pub fn resolve(plan: &HostPlan, prefix_dir: &Path, errors: &mut Vec<String>) -> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::plan::{NetworkPlan, PortPlan, RouterInterface, RouterPlan};
+
+    fn net(id: &str, cidr: &str) -> NetworkPlan {
+        NetworkPlan {
+            subnet_id: id.into(),
+            vni: 7,
+            cidr: cidr.into(),
+            gateway: None,
+            mtu: 1450,
+            dhcp: None,
+            ports: vec![],
+            remote_vteps: vec![],
+            remote_macs: vec![],
+        }
+    }
+
+    fn tap(id: &str, ip: &str) -> PortPlan {
+        PortPlan {
+            port_id: id.into(),
+            mac: "02:00:00:00:00:01".into(),
+            ips: vec![ip.parse().unwrap()],
+            attachment: Attachment::Tap,
+            security_groups: vec![],
+            port_security: true,
+        }
+    }
+
+    #[test]
+    fn invalid_entries_are_reported_and_skipped() {
+        let mut plan = HostPlan::empty("h", "uc");
+        let mut a = net("subnet-aaaaaaaaaa-1", "10.0.0.0/24");
+        a.gateway = Some("10.9.9.1".parse().unwrap());
+        a.remote_vteps = vec!["192.0.2.1".parse().unwrap()];
+        a.ports = vec![
+            tap("port-1111111111-a", "10.0.0.5"),
+            // Same first 10 alphanumerics: same device name.
+            tap("port-1111111111-b", "10.0.0.6"),
+        ];
+        // Same first 10 alphanumerics as `a`: same bridge name.
+        let b = net("subnet-aaaaaaaaaa-2", "10.1.0.0/24");
+        plan.networks = vec![a, b];
+        plan.routers = vec![RouterPlan {
+            router_id: "router-1".into(),
+            interfaces: vec![RouterInterface {
+                subnet_id: "nope".into(),
+                ip: "10.0.0.1".parse().unwrap(),
+                prefix_len: 24,
+                mac: "02:00:00:00:00:09".into(),
+            }],
+            external: None,
+            floating_ips: vec![],
+        }];
+        let mut errors = Vec::new();
+        let r = resolve(&plan, Path::new("/nonexistent"), &mut errors);
+        assert_eq!(r.nets.len(), 1);
+        let n = &r.nets[0];
+        assert_eq!(n.bridge, "ucbsubnetaaaa");
+        assert_eq!(n.ports.len(), 1);
+        assert!(n.vxlan.is_none(), "no underlay_ip, no VXLAN");
+        assert_eq!(r.routers.len(), 1);
+        assert!(r.routers[0].interfaces.is_empty());
+        let all = errors.join("\n");
+        for needle in [
+            "gateway 10.9.9.1",
+            "underlay_ip",
+            "already used",
+            "not (validly)",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(errors.len(), 5, "{all}");
+    }
+}
