@@ -12,6 +12,7 @@
 //! - `UC-BOOT-OK <name>` (name from `uc.name=`, else the seed's local-hostname);
 //! - `UC-TICK <n>` every `uc.tick=<seconds>` afterwards, if set (shows the guest still runs,
 //!   e.g. after a migration);
+//! - (`uc.acpid=0` makes it ignore the power button, to test forced stops.)
 //! - `UC-POWEROFF` when the ACPI power button was pressed, right before it powers off.
 
 use std::io::Write;
@@ -442,6 +443,7 @@ say() { echo "$*"; }
 while read -r m; do insmod "$m" 2>/dev/null; done </etc/modules.order
 
 NAME=""
+ACPID=1
 TICK=0
 PINGS=""
 for arg in $(cat /proc/cmdline); do
@@ -449,6 +451,7 @@ for arg in $(cat /proc/cmdline); do
     uc.name=*) NAME="${arg#uc.name=}" ;;
     uc.tick=*) TICK="${arg#uc.tick=}" ;;
     uc.ping=*) PINGS="$PINGS ${arg#uc.ping=}" ;;
+    uc.acpid=*) ACPID="${arg#uc.acpid=}" ;;
   esac
 done
 
@@ -517,7 +520,7 @@ for target in $PINGS; do
   if ping -c 3 -W 2 "$target" >/dev/null 2>&1; then say "UC-PING $target ok"; else say "UC-PING $target fail"; fi
 done
 
-acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
+[ "$ACPID" = 0 ] || acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
 
 say "UC-BOOT-OK $NAME"
 

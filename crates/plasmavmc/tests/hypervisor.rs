@@ -429,6 +429,29 @@ async fn live_migration_between_two_hypervisors() {
     hv_b.kill("vm-mig").await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_ignoring_the_power_button_is_quit_after_the_timeout() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let _guard = KillOnDrop(vec![run_dir.clone()]);
+    let hv = Hypervisor::new(HypervisorConfig::new(&run_dir)).unwrap();
+    let guest = build_guest(tmp.path());
+    let spec = spec("vm-deaf", &guest, &["uc.acpid=0"]).await;
+    hv.start(&spec).await.unwrap();
+    let (_, offset) = wait_serial(&hv, "vm-deaf", 0, "UC-BOOT-OK vm-deaf").await;
+    let pid = hv.status("vm-deaf").await.unwrap().pid.unwrap();
+    let uuid = std::fs::read_to_string(run_dir.join("vm-deaf/instance")).unwrap();
+    let outcome = hv
+        .shutdown("vm-deaf", Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert_eq!(outcome, ShutdownOutcome::Quit);
+    assert!(!process_is_ours(pid, "vm-deaf", &uuid));
+    assert_eq!(hv.status("vm-deaf").await.unwrap().state, RunState::Stopped);
+    let rest = hv.serial_log("vm-deaf", offset, 1 << 20).unwrap();
+    assert!(!String::from_utf8_lossy(&rest.data).contains("UC-POWEROFF"));
+}
+
 /// `qemu-nbd --shared=2` serving a raw file on a loopback port, stopped on drop.
 struct NbdExport {
     child: std::process::Child,
