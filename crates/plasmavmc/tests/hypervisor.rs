@@ -380,6 +380,7 @@ async fn live_migration_between_two_hypervisors() {
         .unwrap();
     assert_eq!(progress.status, "completed");
     assert!(progress.transferred_bytes > 0);
+    assert!(progress.total_time_ms.is_some(), "{progress:?}");
 
     // The source process is gone; the destination runs the guest, which keeps ticking on
     // the destination's console (the guest's tick counter continues, no reboot).

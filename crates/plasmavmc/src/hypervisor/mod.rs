@@ -31,6 +31,8 @@ const MAX_SOCKET_PATH: usize = 107;
 /// How long `quit` may take before the process is killed.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
+/// Bytes per second a migration may use: about 10 Gbit/s.
+const MIGRATION_MAX_BANDWIDTH: u64 = 1_250_000_000;
 
 #[derive(Debug, Clone)]
 pub struct HypervisorConfig {
@@ -714,6 +716,23 @@ impl Hypervisor {
         timeout: Duration,
     ) -> Result<MigrationProgress> {
         let vm = self.live_or_err(vm_id)?;
+        // auto-converge throttles a guest that dirties memory faster than it can be sent;
+        // QEMU's default bandwidth cap (128 MiB/s) would make a large VM take minutes on a
+        // fast link.
+        vm.qmp
+            .execute(
+                "migrate-set-capabilities",
+                Some(json!({ "capabilities": [
+                    { "capability": "auto-converge", "state": true }
+                ] })),
+            )
+            .await?;
+        vm.qmp
+            .execute(
+                "migrate-set-parameters",
+                Some(json!({ "max-bandwidth": MIGRATION_MAX_BANDWIDTH })),
+            )
+            .await?;
         vm.qmp
             .execute("migrate", Some(json!({ "uri": dest_uri })))
             .await?;
