@@ -437,9 +437,30 @@ async fn guest_ignoring_the_power_button_is_quit_after_the_timeout() {
     let _guard = KillOnDrop(vec![run_dir.clone()]);
     let hv = Hypervisor::new(HypervisorConfig::new(&run_dir)).unwrap();
     let guest = build_guest(tmp.path());
-    let spec = spec("vm-deaf", &guest, &["uc.acpid=0"]).await;
+    // A qcow2 disk this time (the other tests use raw files and NBD).
+    let qcow2 = tmp.path().join("root.qcow2");
+    sh(&[
+        "qemu-img",
+        "create",
+        "-q",
+        "-f",
+        "qcow2",
+        qcow2.to_str().unwrap(),
+        "16M",
+    ]);
+    let mut spec = spec("vm-deaf", &guest, &["uc.acpid=0"]).await;
+    spec.disks.push(DiskSpec {
+        id: "root".into(),
+        source: DiskSource::File {
+            path: qcow2.clone(),
+            format: DiskFormat::Qcow2,
+        },
+        readonly: false,
+        serial: None,
+    });
     hv.start(&spec).await.unwrap();
-    let (_, offset) = wait_serial(&hv, "vm-deaf", 0, "UC-BOOT-OK vm-deaf").await;
+    let (log, offset) = wait_serial(&hv, "vm-deaf", 0, "UC-BOOT-OK vm-deaf").await;
+    assert_eq!(marker_value(&log, "UC-DISK "), ["boots=1"], "{log}");
     let pid = hv.status("vm-deaf").await.unwrap().pid.unwrap();
     let uuid = std::fs::read_to_string(run_dir.join("vm-deaf/instance")).unwrap();
     let outcome = hv
@@ -451,6 +472,19 @@ async fn guest_ignoring_the_power_button_is_quit_after_the_timeout() {
     assert_eq!(hv.status("vm-deaf").await.unwrap().state, RunState::Stopped);
     let rest = hv.serial_log("vm-deaf", offset, 1 << 20).unwrap();
     assert!(!String::from_utf8_lossy(&rest.data).contains("UC-POWEROFF"));
+    // What the guest wrote (and flushed) is in the qcow2 image.
+    let raw = tmp.path().join("root-copy.raw");
+    sh(&[
+        "qemu-img",
+        "convert",
+        "-f",
+        "qcow2",
+        "-O",
+        "raw",
+        qcow2.to_str().unwrap(),
+        raw.to_str().unwrap(),
+    ]);
+    assert_eq!(guest::read_boot_counter(&raw).unwrap(), Some(1));
 }
 
 /// `qemu-nbd --shared=2` serving a raw file on a loopback port, stopped on drop.
