@@ -214,7 +214,14 @@ async fn check_location(what: &str, location: &str) -> Result<u64> {
                 answer.status()
             )));
         }
-        return Ok(answer.content_length().unwrap_or(0));
+        // The header itself: reqwest's content_length() of a HEAD answer is the (empty)
+        // body's. Unknown (no header) counts as 0.
+        return Ok(answer
+            .headers()
+            .get(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0));
     }
     let path = std::path::Path::new(location);
     if !path.is_absolute() {

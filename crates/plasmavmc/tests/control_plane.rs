@@ -98,6 +98,34 @@ async fn images_bad_input_and_tenancy() {
     let (_, list) = cloud.as_(&alice, Method::GET, "/v1/images", None).await;
     assert_eq!(list["items"].as_array().unwrap().len(), 0, "{list}");
 
+    // By URL: it must answer now (HEAD), or the image is refused.
+    let files = cloud::serve_files(vec![("vmlinux", g.kernel.clone())]).await;
+    let (s, e) = cloud
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "web", "kind": "kernel", "kernel": format!("{files}/missing")})),
+        )
+        .await;
+    assert_eq!(s, 400, "a URL that answers 404: {e}");
+    let (s, by_url) = cloud
+        .as_(
+            &alice,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "web", "kind": "kernel", "kernel": format!("{files}/vmlinux")})),
+        )
+        .await;
+    assert_eq!(s, 201, "{by_url}");
+    assert_eq!(
+        by_url["size_bytes"].as_u64(),
+        Some(std::fs::metadata(&g.kernel).unwrap().len())
+    );
+    let (s, _) = cloud
+        .as_(&alice, Method::DELETE, "/v1/images/web", None)
+        .await;
+    assert_eq!(s, 204);
     let image = cloud.tiny_image(&alice, "tiny").await;
     let (s, e) = cloud
         .as_(

@@ -50,16 +50,21 @@ async fn live_migration_between_two_worker_processes() {
     cloud.wait_workers(2).await;
 
     let t = cloud.tenant("mover").await;
+    // The image by URL: each worker downloads kernel and initrd when it first needs them
+    // (the destination only when the VM migrates to it).
     let g = cloud::guest();
+    let images = cloud::serve_files(vec![
+        ("vmlinux", g.kernel.clone()),
+        ("initrd", g.initrd.clone()),
+    ])
+    .await;
     let (s, img) = cloud
         .as_(
             &t,
             Method::POST,
             "/v1/images",
-            Some(
-                json!({"name": "ticker", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
-                "cmdline": "console=ttyS0 loglevel=4 uc.tick=1"}),
-            ),
+            Some(json!({"name": "ticker", "kind": "kernel", "kernel": format!("{images}/vmlinux"),
+                "initrd": format!("{images}/initrd"), "cmdline": "console=ttyS0 loglevel=4 uc.tick=1"})),
         )
         .await;
     assert_eq!(s, 201, "{img}");

@@ -383,3 +383,23 @@ impl Drop for QemuReaper {
         kill_qemus_under(&self.0);
     }
 }
+
+/// Serves files over HTTP (GET and HEAD) from this test process, like a cluster-reachable
+/// image server; answers the base URL. The server lives as long as the test's runtime.
+pub async fn serve_files(files: Vec<(&'static str, PathBuf)>) -> String {
+    let mut app = axum::Router::new();
+    for (name, path) in files {
+        let bytes = std::fs::read(&path).unwrap();
+        app = app.route(
+            &format!("/{name}"),
+            axum::routing::get(move || {
+                let bytes = bytes.clone();
+                async move { bytes }
+            }),
+        );
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    url
+}
