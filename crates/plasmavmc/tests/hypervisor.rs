@@ -112,6 +112,16 @@ async fn wait_serial(hv: &Hypervisor, vm_id: &str, from: u64, needle: &str) -> (
     }
 }
 
+/// The next QMP event (events are buffered in the channel, so none is missed).
+async fn next_event(
+    events: &mut tokio::sync::broadcast::Receiver<plasmavmc::hypervisor::QmpEvent>,
+) -> plasmavmc::hypervisor::QmpEvent {
+    tokio::time::timeout(BOOT_LIMIT, events.recv())
+        .await
+        .expect("no QMP event")
+        .expect("QMP event stream")
+}
+
 fn marker_value<'a>(log: &'a str, marker: &str) -> Vec<&'a str> {
     log.lines()
         .filter_map(|l| {
@@ -161,17 +171,28 @@ async fn boots_reads_seed_keeps_disk_across_reboot_and_stop_start() {
     assert_eq!(marker_value(&log, "UC-DISK "), ["boots=42"], "{log}");
 
     // Reset through QMP: the guest boots again in the same QEMU and sees its own write.
+    let mut events = hv.events("vm-seed").unwrap();
     hv.reboot("vm-seed").await.unwrap();
+    assert_eq!(next_event(&mut events).await.event, "RESET");
     let (log, next) = wait_serial(&hv, "vm-seed", offset, "UC-BOOT-OK").await;
     offset = next;
     assert_eq!(marker_value(&log, "UC-DISK "), ["boots=43"], "{log}");
 
     // Graceful stop: the guest handles the ACPI power button and powers off.
+    let mut events = hv.events("vm-seed").unwrap();
     let outcome = hv
         .shutdown("vm-seed", Duration::from_secs(120))
         .await
         .unwrap();
     assert_eq!(outcome, ShutdownOutcome::PoweredOff);
+    // QEMU reported the guest's own power-off before it exited.
+    let shutdown = loop {
+        let event = next_event(&mut events).await;
+        if event.event == "SHUTDOWN" {
+            break event;
+        }
+    };
+    assert_eq!(shutdown.data["guest"], true, "{shutdown:?}");
     let (log, _) = wait_serial(&hv, "vm-seed", offset, "UC-POWEROFF").await;
     assert!(log.contains("UC-POWEROFF"));
     assert_eq!(hv.status("vm-seed").await.unwrap().state, RunState::Stopped);
