@@ -55,11 +55,13 @@ pub struct Dataplane {
 
 impl Dataplane {
     /// `state_dir` holds dnsmasq's files and the record of applied rulesets, under one
-    /// directory per prefix.
+    /// directory per prefix. A relative path is made absolute here: dnsmasq changes to `/`
+    /// when it daemonizes, so the paths in its config must not depend on our cwd.
     pub fn new(state_dir: impl Into<PathBuf>) -> Self {
+        let state_dir = state_dir.into();
         Self {
             tools: Tools::default(),
-            state_dir: state_dir.into(),
+            state_dir: std::path::absolute(&state_dir).unwrap_or(state_dir),
             full_verify_every: Duration::from_secs(10),
             last: None,
             nft_applied: BTreeMap::new(),
