@@ -101,7 +101,8 @@ row() {
       --runtime="$RUNTIME" --ramp_time=1 --randrepeat=0 --output-format=json "${target[@]}" \
     | python3 -c '
 import json, sys
-j = json.load(sys.stdin)["jobs"][0]
+text = sys.stdin.read()  # the nbd engine prints a line before the JSON
+j = json.loads(text[text.index("{"):])["jobs"][0]
 side = j["write"] if j["write"]["io_bytes"] else j["read"]
 print(f"{side[\"bw\"] / 1024:.1f} {side[\"iops\"]:.0f}")'
 }
