@@ -301,4 +301,91 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
         assert!(Instant::now() < deadline, "tap {tap} left behind");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // The quickstart as a proof lane, against this cloud (one network agent per host: the
+    // lane runs here rather than in a test of its own).
+    let out = tempfile::tempdir().unwrap();
+    let lane = tokio::process::Command::new(uc_testkit::ultracloud_binary())
+        .args(["-o", "json", "proof", "fresh-smoke", "--no-start", "--out"])
+        .arg(out.path())
+        .args([
+            "--plasmavmc",
+            &cloud.url,
+            "--prismnet",
+            &cloud.info.url("prismnet"),
+        ])
+        .arg("--token-file")
+        .arg(cloud.info.data_dir.join("secrets/admin-token"))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&lane.stderr);
+    assert!(lane.status.success(), "fresh-smoke failed: {stderr}");
+    let dirs: Vec<_> = std::fs::read_dir(out.path()).unwrap().flatten().collect();
+    assert_eq!(dirs.len(), 1, "one dated directory");
+    let name = dirs[0].file_name().to_string_lossy().into_owned();
+    assert!(name.starts_with("fresh-smoke-20"), "{name}");
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(dirs[0].path().join("result.json")).unwrap())
+            .unwrap();
+    assert_eq!(result["status"], "pass", "{result}");
+    let steps: Vec<&str> = result["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    for step in [
+        "create network",
+        "register image",
+        "create VM",
+        "boot (marker on the console)",
+        "DHCP address from prismnet",
+        "clean up",
+    ] {
+        assert!(steps.contains(&step), "{step} in {steps:?}");
+    }
+    assert!(
+        result["steps"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|s| s["status"] == "pass"),
+        "{result}"
+    );
+    let (_, vms) = cloud.op(Method::GET, "/v1/vms", None).await;
+    assert_eq!(
+        vms["items"].as_array().unwrap().len(),
+        0,
+        "the lane cleaned up: {vms}"
+    );
+
+    // With nothing answering, the lane records `blocked` (never a pass) and fails.
+    let out = tempfile::tempdir().unwrap();
+    let lane = tokio::process::Command::new(uc_testkit::ultracloud_binary())
+        .args([
+            "proof",
+            "fresh-smoke",
+            "--no-start",
+            "--plasmavmc",
+            "http://127.0.0.1:9",
+            "--out",
+        ])
+        .arg(out.path())
+        .output()
+        .await
+        .unwrap();
+    assert!(!lane.status.success());
+    let dir = std::fs::read_dir(out.path())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap();
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("result.json")).unwrap()).unwrap();
+    assert_eq!(result["status"], "blocked", "{result}");
+    assert!(
+        !result["missing"].as_array().unwrap().is_empty(),
+        "{result}"
+    );
 }
