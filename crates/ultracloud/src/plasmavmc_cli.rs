@@ -366,7 +366,7 @@ pub async fn run_vm(args: VmArgs, format: OutputFormat) -> Result<(), Failure> {
                 user_data,
                 start: Some(!no_start),
             };
-            let key = idempotency_key.unwrap_or_else(|| uuid_like());
+            let key = idempotency_key.unwrap_or_else(uuid_like);
             let vm = api.create_vm(&req, Some(&key)).await.map_err(runtime)?;
             let vm = if wait || wait_console.is_some() {
                 wait_for(
