@@ -1550,3 +1550,52 @@ impl Plasmavmc {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn caller(org: Option<&str>, project: Option<&str>, admin: bool) -> Caller {
+        Caller {
+            subject: "u".into(),
+            org: org.map(Into::into),
+            project: project.map(Into::into),
+            admin,
+            kind: if admin { "admin" } else { "user" }.into(),
+            permissions: vec!["plasmavmc.vm.get".into()],
+        }
+    }
+
+    #[test]
+    fn names() {
+        assert!(check_name("VM", "web-1").is_ok());
+        for bad in ["", "Web", "1web", "web_1", "web 1", &"a".repeat(64)] {
+            assert!(check_name("VM", bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn scopes() {
+        let op = Scope::of(&caller(None, None, true)).unwrap();
+        assert!(op.operator && op.sees("o-1", "p-1") && op.filter().is_none());
+        let t = Scope::of(&caller(Some("o-1"), Some("p-1"), false)).unwrap();
+        assert!(t.sees("o-1", "p-1"));
+        assert!(!t.sees("o-1", "p-2"), "another project of the same org");
+        assert!(!t.sees("o-2", "p-1"));
+        assert_eq!(t.filter(), Some(("o-1", "p-1")));
+        assert!(matches!(
+            Scope::of(&caller(None, None, false)),
+            Err(VmError::Denied(_))
+        ));
+        assert!(require(&caller(Some("o"), None, false), "plasmavmc.vm.create").is_err());
+        assert!(require(&caller(Some("o"), None, false), "plasmavmc.vm.get").is_ok());
+    }
+
+    #[test]
+    fn pages() {
+        let full = page(vec![1, 2, 3], 3, |i| i.to_string());
+        assert_eq!(full.next_page_token.as_deref(), Some("3"));
+        let last = page(vec![1, 2], 3, |i| i.to_string());
+        assert_eq!(last.next_page_token, None);
+    }
+}
