@@ -455,15 +455,11 @@ for arg in $(cat /proc/cmdline); do
   esac
 done
 
-# The NoCloud seed: the virtio disk holding an ISO9660 with user-data/meta-data.
+# The NoCloud seed: the filesystem labelled cidata (as cloud-init finds it), ISO9660.
 SEED=""
-for dev in /sys/block/vd*; do
-  [ -e "$dev" ] || continue
-  d="/dev/${dev##*/}"
-  if mount -t iso9660 -o ro "$d" /mnt/seed 2>/dev/null; then
-    if [ -e /mnt/seed/meta-data ] || [ -e /mnt/seed/user-data ]; then SEED="$d"; break; fi
-    umount /mnt/seed
-  fi
+for label in cidata CIDATA; do
+  d=$(findfs "LABEL=$label" 2>/dev/null) || continue
+  if mount -t iso9660 -o ro "$d" /mnt/seed 2>/dev/null; then SEED="$d"; break; fi
 done
 if [ -n "$SEED" ]; then
   host=$(sed -n 's/^local-hostname:[[:space:]]*//p' /mnt/seed/meta-data 2>/dev/null | head -n1)
