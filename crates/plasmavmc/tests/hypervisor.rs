@@ -479,7 +479,16 @@ async fn guest_ignoring_the_power_button_is_quit_after_the_timeout() {
         readonly: false,
         serial: None,
     });
-    hv.start(&spec).await.unwrap();
+    // Two starts racing: exactly one QEMU.
+    let (a, b) = tokio::join!(hv.start(&spec), hv.start(&spec));
+    assert!(
+        matches!(
+            (&a, &b),
+            (Ok(_), Err(HypervisorError::AlreadyRunning(_)))
+                | (Err(HypervisorError::AlreadyRunning(_)), Ok(_))
+        ),
+        "{a:?} {b:?}"
+    );
     let (log, offset) = wait_serial(&hv, "vm-deaf", 0, "UC-BOOT-OK vm-deaf").await;
     assert_eq!(marker_value(&log, "UC-DISK "), ["boots=1"], "{log}");
     let pid = hv.status("vm-deaf").await.unwrap().pid.unwrap();

@@ -159,6 +159,8 @@ struct Vm {
 pub struct Hypervisor {
     config: HypervisorConfig,
     vms: Mutex<HashMap<String, Arc<Vm>>>,
+    /// VMs whose QEMU is being started right now.
+    starting: Mutex<std::collections::HashSet<String>>,
 }
 
 impl std::fmt::Debug for Hypervisor {
@@ -177,6 +179,7 @@ impl Hypervisor {
         Ok(Self {
             config,
             vms: Mutex::new(HashMap::new()),
+            starting: Mutex::new(Default::default()),
         })
     }
 
@@ -341,6 +344,13 @@ impl Hypervisor {
 
     async fn launch(&self, spec: &VmSpec, incoming: bool) -> Result<Arc<Vm>> {
         validate(spec)?;
+        // Two concurrent starts of one VM would run two QEMUs on the same disks.
+        let _starting = StartingGuard::claim(&self.starting, &spec.vm_id)
+            .ok_or_else(|| HypervisorError::AlreadyRunning(spec.vm_id.clone()))?;
+        self.launch_exclusive(spec, incoming).await
+    }
+
+    async fn launch_exclusive(&self, spec: &VmSpec, incoming: bool) -> Result<Arc<Vm>> {
         if let Some(vm) = self.get(&spec.vm_id) {
             if process_is_ours(vm.pid, &spec.vm_id, &vm.uuid) {
                 return Err(HypervisorError::AlreadyRunning(spec.vm_id.clone()));
@@ -766,6 +776,30 @@ impl Hypervisor {
             self.kill(vm_id).await?;
         }
         Ok(progress)
+    }
+}
+
+/// Marks a VM as being started; released on drop (also when the start is cancelled).
+struct StartingGuard<'a> {
+    set: &'a Mutex<std::collections::HashSet<String>>,
+    vm_id: String,
+}
+
+impl<'a> StartingGuard<'a> {
+    fn claim(set: &'a Mutex<std::collections::HashSet<String>>, vm_id: &str) -> Option<Self> {
+        set.lock()
+            .expect("starting lock")
+            .insert(vm_id.to_string())
+            .then(|| Self {
+                set,
+                vm_id: vm_id.to_string(),
+            })
+    }
+}
+
+impl Drop for StartingGuard<'_> {
+    fn drop(&mut self) {
+        self.set.lock().expect("starting lock").remove(&self.vm_id);
     }
 }
 
