@@ -14,8 +14,9 @@ use uc_runtime::auth::Authenticator;
 use uc_runtime::{NodeContext, Secret, Shutdown};
 use uc_testkit::Cluster;
 
-/// `up`'s own prismnet and agent stay out of the way: a free port, no agent.
-pub const UP_EXTRA: &str = "[plasmavmc]\nport = 0\n[plasmavmc_worker]\nenabled = false\n";
+/// Extra `up` config: none (testkit gives every component, prismnet included, a free port;
+/// `up`'s own agent never converges because nothing is bound to its host).
+pub const UP_EXTRA: &str = "";
 
 pub struct Cloud {
     pub cluster: Cluster,
