@@ -416,19 +416,21 @@ impl Cluster {
     /// One `ultracloud up` (every component in one process) with every component's ports
     /// free, ready when the node's `/readyz` is (all components ready). `extra` is appended
     /// to the generated config. Port names: node, client, peer, admin (chainfire), rest, pg,
-    /// fpeer (flaredb), iam, coronafs, prismnet.
+    /// fpeer (flaredb), iam, coronafs, prismnet, plasmavmc, plasmavmc-worker. The plasmavmc
+    /// worker uses TCG without probing KVM (a probe guest per start would slow every test),
+    /// unless `extra` configures plasmavmc itself.
     pub fn all_in_one(extra: &'static str) -> ClusterBuilder {
         Self::builder(1)
             .ports(&[
                 "node", "client", "peer", "admin", "rest", "pg", "fpeer", "iam", "coronafs",
-                "prismnet",
+                "prismnet", "plasmavmc", "plasmavmc-worker",
             ])
             .config(move |n, _| {
                 format!(
                     "[node]\nbind = \"{}\"\nport = {}\n[http]\nshutdown_grace_secs = 2\n\
                      [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
                      [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n\
-                     [iam]\nport = {}\n[coronafs]\nport = {}\n[prismnet]\nport = {}\n{extra}",
+                     [iam]\nport = {}\n[coronafs]\nport = {}\n[prismnet]\nport = {}\n{}{extra}",
                     n.ip,
                     n.port("node"),
                     n.port("client"),
@@ -440,6 +442,17 @@ impl Cluster {
                     n.port("iam"),
                     n.port("coronafs"),
                     n.port("prismnet"),
+                    // Unless the caller configures plasmavmc itself (a TOML table may appear
+                    // only once).
+                    if extra.contains("[plasmavmc") {
+                        String::new()
+                    } else {
+                        format!(
+                            "[plasmavmc]\nport = {}\n[plasmavmc_worker]\nport = {}\naccel = \"tcg\"\n",
+                            n.port("plasmavmc"),
+                            n.port("plasmavmc-worker")
+                        )
+                    },
                 )
             })
             .args(|n| {
