@@ -679,15 +679,25 @@ pub async fn run(args: NetArgs, format: OutputFormat) -> Result<(), Failure> {
                     .await
                     .map_err(runtime)?,
             };
+            // Flatten what a table shows: the gateway address and the attached subnets.
+            let flatten = |r: &mut Value| {
+                if let Some(ext) = r.get("external").cloned()
+                    && !ext.is_null()
+                {
+                    r["external_ip"] = ext["ip"].clone();
+                    r["snat"] = ext["snat"].clone();
+                }
+                if let Some(i) = r.get("interfaces").and_then(Value::as_array).cloned() {
+                    r["subnets"] =
+                        json!(i.iter().map(|x| x["subnet_id"].clone()).collect::<Vec<_>>());
+                }
+            };
             let mut v = v;
-            if let Some(ext) = v.get("external").cloned()
-                && !ext.is_null()
-            {
-                v["external_ip"] = ext["ip"].clone();
-                v["snat"] = ext["snat"].clone();
-            }
-            if let Some(i) = v.get("interfaces").and_then(Value::as_array).cloned() {
-                v["subnets"] = json!(i.iter().map(|x| x["subnet_id"].clone()).collect::<Vec<_>>());
+            if format == OutputFormat::Table {
+                match v.get_mut("items").and_then(Value::as_array_mut) {
+                    Some(items) => items.iter_mut().for_each(flatten),
+                    None => flatten(&mut v),
+                }
             }
             show(
                 format,
