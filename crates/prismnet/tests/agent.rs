@@ -128,6 +128,40 @@ fn serve(netns: &str, port: u16) {
     });
 }
 
+/// A TCP server that answers every client with the address it sees the client come from.
+fn serve_whoami(netns: &str, port: u16) {
+    let listener = in_netns(netns, || {
+        TcpListener::bind(("0.0.0.0", port)).expect("bind")
+    });
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let peer = conn
+                .peer_addr()
+                .map(|a| a.ip().to_string())
+                .unwrap_or_default();
+            let _ = writeln!(conn, "{peer}");
+        }
+    });
+}
+
+/// The address the whoami server saw, or an error.
+fn whoami(netns: &str, addr: &str, port: u16) -> Result<String, String> {
+    let addr = SocketAddr::new(addr.parse().unwrap(), port);
+    let stream = in_netns(netns, || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+    })
+    .map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(stream)
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
+    Ok(line.trim_end().to_owned())
+}
+
 struct Conn {
     stream: TcpStream,
     reader: BufReader<TcpStream>,
@@ -205,6 +239,15 @@ impl Host {
 
     /// Starts an agent for this host against `api`; stop it with the returned shutdown.
     fn start_agent(&self, api: &str, token: &str) -> (Shutdown, tokio::task::JoinHandle<()>) {
+        self.start_agent_with(api, token, AgentConfig::default())
+    }
+
+    fn start_agent_with(
+        &self,
+        api: &str,
+        token: &str,
+        base: AgentConfig,
+    ) -> (Shutdown, tokio::task::JoinHandle<()>) {
         let client = PrismnetClient::new(
             api,
             uc_runtime::client::ClientOptions {
@@ -218,7 +261,7 @@ impl Host {
             prefix: self.prefix.clone(),
             netns: Some(self.netns.clone()),
             repair_interval_secs: 1,
-            ..Default::default()
+            ..base
         };
         let agent = Agent::new(client, config, self.prefix.clone(), self.agent_dir()).unwrap();
         let shutdown = Shutdown::new();
@@ -543,4 +586,220 @@ async fn an_agent_keeps_the_dataplane_while_the_api_is_down() {
     );
     stop.trigger();
     agent.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_hosts_share_a_subnet_over_vxlan_with_router_snat_and_a_floating_ip() {
+    let cloud = cloud().await;
+    let api = cloud.api().await;
+    let op = Net::new(&api.url, &cloud.admin_token);
+    let mut h1 = Host::new("c1");
+    let mut h2 = Host::new("c2");
+    let wa = h1.workload("wa");
+    let wb = h2.workload("wb");
+    let script = h1.state.path().join("udhcpc.sh");
+    std::fs::write(&script, UDHCPC_SCRIPT).unwrap();
+    run("chmod", &["755", script.to_str().unwrap()]).unwrap();
+    let script = script.to_str().unwrap().to_owned();
+
+    // The underlay between the two hosts, and on host 1 the operator's external bridge with
+    // an "outside" namespace (the upstream router, 203.0.113.1) on it.
+    let u1 = format!("{}u", h1.prefix);
+    ip(&[
+        "-n", &h1.netns, "link", "add", &u1, "type", "veth", "peer", "name", "under", "netns",
+        &h2.netns,
+    ]);
+    ip(&["-n", &h1.netns, "link", "set", &u1, "name", "under"]);
+    ip(&[
+        "-n",
+        &h1.netns,
+        "addr",
+        "add",
+        "192.168.250.1/24",
+        "dev",
+        "under",
+    ]);
+    ip(&[
+        "-n",
+        &h2.netns,
+        "addr",
+        "add",
+        "192.168.250.2/24",
+        "dev",
+        "under",
+    ]);
+    ip(&["-n", &h1.netns, "link", "set", "under", "up"]);
+    ip(&["-n", &h2.netns, "link", "set", "under", "up"]);
+    ip(&["-n", &h1.netns, "link", "add", "ucext", "type", "bridge"]);
+    ip(&["-n", &h1.netns, "link", "set", "ucext", "up"]);
+    let outside = h1.workload("out");
+    ip(&[
+        "-n", &h1.netns, "link", "add", "extpeer", "type", "veth", "peer", "name", "eth0", "netns",
+        &outside,
+    ]);
+    ip(&[
+        "-n", &h1.netns, "link", "set", "extpeer", "master", "ucext", "up",
+    ]);
+    ip(&[
+        "-n",
+        &outside,
+        "addr",
+        "add",
+        "203.0.113.1/24",
+        "dev",
+        "eth0",
+    ]);
+    ip(&["-n", &outside, "link", "set", "eth0", "up"]);
+    serve_whoami(&outside, 9000);
+
+    op.create(
+        "/v1/pools",
+        json!({"name": "ext", "cidr": "203.0.113.0/24", "kind": "external", "gateway": "203.0.113.1"}),
+    )
+    .await;
+    let (vpc, subnet) = op.network("10.90.0.0/16", "10.90.1.0/24").await;
+    let sg = vpc["default_security_group"].as_str().unwrap();
+    // From outside: ping and TCP 8080 (the floating IP's traffic keeps its source).
+    for rule in [
+        json!({"direction": "ingress", "protocol": "icmp"}),
+        json!({"direction": "ingress", "protocol": "tcp", "port_min": 8080, "remote_cidr": "0.0.0.0/0"}),
+    ] {
+        op.create(&format!("/v1/security-groups/{sg}/rules"), rule)
+            .await;
+    }
+    let router = op
+        .create(
+            "/v1/routers",
+            json!({"vpc_id": vpc["id"], "name": "r", "host": h1.prefix, "external": {"pool": "ext"}}),
+        )
+        .await;
+    let rid = router["id"].as_str().unwrap();
+    let ext_ip = router["external"]["ip"].as_str().unwrap().to_owned();
+    let (s, b) = op
+        .post(
+            &format!("/v1/routers/{rid}/interfaces"),
+            json!({"subnet_id": subnet["id"]}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let pa = op
+        .create(
+            "/v1/ports",
+            json!({"subnet_id": subnet["id"], "binding": {"host": h1.prefix, "attachment": format!("netns:{wa}")}}),
+        )
+        .await;
+    let pb = op
+        .create(
+            "/v1/ports",
+            json!({"subnet_id": subnet["id"], "binding": {"host": h2.prefix, "attachment": format!("netns:{wb}")}}),
+        )
+        .await;
+    let fip = op
+        .create(
+            "/v1/floating-ips",
+            json!({"pool": "ext", "port_id": pb["id"]}),
+        )
+        .await;
+    let fip_ip = fip["ip"].as_str().unwrap().to_owned();
+
+    let (stop1, agent1) = h1.start_agent_with(
+        &api.url,
+        &cloud.admin_token,
+        AgentConfig {
+            underlay_ip: Some("192.168.250.1".parse().unwrap()),
+            external_bridge: Some("ucext".into()),
+            ..Default::default()
+        },
+    );
+    let (stop2, agent2) = h2.start_agent_with(
+        &api.url,
+        &cloud.admin_token,
+        AgentConfig {
+            underlay_ip: Some("192.168.250.2".parse().unwrap()),
+            ..Default::default()
+        },
+    );
+    let (ida, idb) = (pa["id"].as_str().unwrap(), pb["id"].as_str().unwrap());
+    assert!(
+        eventually(30, async || port_active(&op, ida).await
+            && port_active(&op, idb).await)
+        .await,
+        "ports never active"
+    );
+    // Each host's DHCP server leases its own port the IPAM address (and the router route).
+    let (ipa, ipb) = (
+        pa["ips"][0].as_str().unwrap(),
+        pb["ips"][0].as_str().unwrap(),
+    );
+    for (ns, want) in [(&wa, ipa), (&wb, ipb)] {
+        let mut last = String::new();
+        let ok = eventually(30, async || match dhcp(ns, &script) {
+            Ok(a) => {
+                a == want || {
+                    last = format!("got {a}");
+                    false
+                }
+            }
+            Err(e) => {
+                last = e;
+                false
+            }
+        })
+        .await;
+        assert!(ok, "{ns}: {last}");
+    }
+    // Across hosts over VXLAN.
+    assert!(
+        eventually(20, async || ping(&wa, ipb)).await,
+        "a cannot reach b across hosts"
+    );
+    assert!(
+        eventually(10, async || ping(&wb, ipa)).await,
+        "b cannot reach a across hosts"
+    );
+    // a (host 1) goes out through the router's SNAT: the outside sees the gateway address.
+    let mut seen = String::new();
+    assert!(
+        eventually(20, async || whoami(&wa, "203.0.113.1", 9000)
+            .map(|s| seen = s)
+            .is_ok())
+        .await,
+        "a cannot reach the outside"
+    );
+    assert_eq!(seen, ext_ip);
+    // b (host 2, behind VXLAN) has a floating IP: it goes out as that address, and the
+    // outside reaches it there.
+    assert!(
+        eventually(20, async || whoami(&wb, "203.0.113.1", 9000)
+            .map(|s| seen = s)
+            .is_ok())
+        .await,
+        "b cannot reach the outside"
+    );
+    assert_eq!(seen, fip_ip);
+    serve(&wb, 8080);
+    assert!(
+        eventually(20, async || connect(&outside, &fip_ip, 8080).is_ok()).await,
+        "the outside cannot reach b through its floating IP"
+    );
+    assert!(ping(&outside, &fip_ip));
+
+    // Dissociating the floating IP takes the path away.
+    let (s, b) = op
+        .put(
+            &format!("/v1/floating-ips/{}", fip["id"].as_str().unwrap()),
+            json!({"port_id": null}),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    assert!(
+        eventually(20, async || blocked(&outside, &fip_ip, 8080)).await,
+        "the floating IP still reaches b"
+    );
+
+    stop1.trigger();
+    stop2.trigger();
+    agent1.await.unwrap();
+    agent2.await.unwrap();
+    api.stop().await;
 }
