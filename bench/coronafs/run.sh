@@ -104,7 +104,7 @@ import json, sys
 text = sys.stdin.read()  # the nbd engine prints a line before the JSON
 j = json.loads(text[text.index("{"):])["jobs"][0]
 side = j["write"] if j["write"]["io_bytes"] else j["read"]
-print(f"{side[\"bw\"] / 1024:.1f} {side[\"iops\"]:.0f}")'
+print("%.1f %.0f" % (side["bw"] / 1024, side["iops"]))'
 }
 
 # Fill both first so reads hit written blocks, not holes.

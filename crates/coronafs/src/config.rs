@@ -31,10 +31,12 @@ pub struct CoronafsConfig {
     /// Serve exports over TLS: a directory with `ca-cert.pem`, `server-cert.pem` and
     /// `server-key.pem` (QEMU's x509 layout). Clients then need `tls-creds`.
     pub nbd_tls_dir: Option<PathBuf>,
-    /// `qemu-nbd --cache`: `writeback` (default; flushes from clients reach the disk),
-    /// `none` (O_DIRECT; not on tmpfs), `writethrough`, `directsync`, `unsafe`.
+    /// `qemu-nbd --cache`: `auto` (default: `none`, i.e. O_DIRECT, where the volume filesystem
+    /// supports it, else `writeback`), `none`, `writeback`, `writethrough`, `directsync`,
+    /// `unsafe`.
     pub nbd_cache: String,
-    /// `qemu-nbd --aio`: `threads` (default), `native` (with cache=none), `io_uring`.
+    /// `qemu-nbd --aio`: `auto` (default: `native` with O_DIRECT, else `threads`), `threads`,
+    /// `native` (needs cache `none`/`directsync`), `io_uring`.
     pub nbd_aio: String,
     /// The largest volume accepted, in bytes (default 16 TiB).
     pub max_volume_bytes: u64,
@@ -62,8 +64,8 @@ impl Default for CoronafsConfig {
             nbd_port_min: None,
             nbd_port_max: None,
             nbd_tls_dir: None,
-            nbd_cache: "writeback".into(),
-            nbd_aio: "threads".into(),
+            nbd_cache: "auto".into(),
+            nbd_aio: "auto".into(),
             max_volume_bytes: 16 << 40,
             node_liveness_secs: 30,
             heartbeat_secs: 5,
@@ -80,19 +82,34 @@ impl CoronafsConfig {
         if !self.controller && !self.node {
             return Err("config key `coronafs`: enable `controller`, `node` or both".into());
         }
-        if !["writeback", "none", "writethrough", "directsync", "unsafe"]
-            .contains(&self.nbd_cache.as_str())
+        if ![
+            "auto",
+            "writeback",
+            "none",
+            "writethrough",
+            "directsync",
+            "unsafe",
+        ]
+        .contains(&self.nbd_cache.as_str())
         {
             return Err(format!(
                 "config key `coronafs.nbd_cache`: unknown cache mode `{}`",
                 self.nbd_cache
             ));
         }
-        if !["threads", "native", "io_uring"].contains(&self.nbd_aio.as_str()) {
+        if !["auto", "threads", "native", "io_uring"].contains(&self.nbd_aio.as_str()) {
             return Err(format!(
                 "config key `coronafs.nbd_aio`: unknown aio mode `{}`",
                 self.nbd_aio
             ));
+        }
+        if self.nbd_aio == "native"
+            && !["auto", "none", "directsync"].contains(&self.nbd_cache.as_str())
+        {
+            return Err(
+                "config key `coronafs.nbd_aio`: `native` needs `nbd_cache` `none` or `directsync` (O_DIRECT)"
+                    .into(),
+            );
         }
         match (self.nbd_port_min, self.nbd_port_max) {
             (None, None) => {}
@@ -148,6 +165,13 @@ mod tests {
         );
         assert!(bad(|c| c.nbd_cache = "sometimes".into()).contains("nbd_cache"));
         assert!(bad(|c| c.nbd_aio = "magic".into()).contains("nbd_aio"));
+        assert!(
+            bad(|c| {
+                c.nbd_aio = "native".into();
+                c.nbd_cache = "writeback".into();
+            })
+            .contains("O_DIRECT")
+        );
         assert!(bad(|c| c.nbd_port_min = Some(10)).contains("nbd_port"));
         assert!(
             bad(|c| {

@@ -159,10 +159,23 @@ async fn stop_pid(pid: u32) {
 
 impl NodeService {
     /// Prepares the directories and clears leftovers of interrupted work.
-    pub fn new(s: NodeSettings) -> Result<Arc<Self>> {
+    pub fn new(mut s: NodeSettings) -> Result<Arc<Self>> {
         for sub in ["volumes", "snapshots", "exports", "tmp", "logs"] {
             std::fs::create_dir_all(s.dir.join(sub))?;
         }
+        let direct = supports_o_direct(&s.dir.join("tmp"));
+        if s.cache == "auto" {
+            s.cache = if direct { "none" } else { "writeback" }.into();
+        }
+        if s.aio == "auto" {
+            s.aio = if matches!(s.cache.as_str(), "none" | "directsync") {
+                "native"
+            } else {
+                "threads"
+            }
+            .into();
+        }
+        tracing::info!(cache = %s.cache, aio = %s.aio, "coronafs node: export I/O mode");
         // Work interrupted by a crash: never visible as a volume, so just remove it.
         for entry in std::fs::read_dir(s.dir.join("tmp"))? {
             let path = entry?.path();
@@ -751,6 +764,22 @@ impl NodeService {
             })
             .unwrap_or_default()
     }
+}
+
+/// Whether files in `dir` can be opened with O_DIRECT (not on tmpfs, for one), so exports can
+/// bypass the page cache.
+fn supports_o_direct(dir: &Path) -> bool {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join(".o_direct_probe");
+    let ok = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_DIRECT.bits())
+        .open(&probe)
+        .is_ok();
+    let _ = std::fs::remove_file(&probe);
+    ok
 }
 
 pub fn check_size(size: u64, max: u64) -> Result<()> {
