@@ -116,6 +116,14 @@ fio --name=fill --rw=write --bs=1M --iodepth=16 --size="$SIZE" --ioengine=nbd "-
   echo "host: $(nproc) CPUs, $(uname -r); disk under $BENCH_TMPDIR: $(df -T "$BENCH_TMPDIR" | awk 'NR==2{print $2, $1}')"
   echo "qemu-nbd: $(qemu-nbd --version | head -1); fio: $(fio --version)"
   echo "export: nbd_cache=none nbd_aio=native; local: libaio direct=1; size=$SIZE runtime=${RUNTIME}s per row"
+  # The NBD path costs CPU (TCP copies, qemu-nbd's loop) where local O_DIRECT costs almost none:
+  # record how busy the host was, and the loopback TCP ceiling the export cannot exceed.
+  echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+  if command -v iperf3 >/dev/null; then
+    iperf3 -s -B "$BIND" -p 5299 -1 >/dev/null 2>&1 & sleep 0.5
+    echo "loopback TCP ceiling (iperf3, 1 stream, 3 s): $(iperf3 -c "$BIND" -p 5299 -t 3 -J 2>/dev/null \
+      | python3 -c 'import json,sys; print("%.1f Gbit/s" % (json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e9))')"
+  fi
   echo
   printf "%-22s %14s %14s %14s %14s %8s\n" row "local MiB/s" "local IOPS" "nbd MiB/s" "nbd IOPS" "nbd/local"
   for spec in "write $SEQ_BS $SEQ_DEPTH seq-write" "read $SEQ_BS $SEQ_DEPTH seq-read" \
@@ -126,5 +134,7 @@ fio --name=fill --rw=write --bs=1M --iodepth=16 --size="$SIZE" --ioengine=nbd "-
     ratio=$(python3 -c "print(f'{$nbw / $lbw:.2f}' if $lbw else 'n/a')")
     printf "%-22s %14s %14s %14s %14s %8s\n" "$4 (bs=$2 qd=$3)" "$lbw" "$liops" "$nbw" "$niops" "${ratio}x"
   done
+  echo
+  echo "load average at end: $(cut -d' ' -f1-3 /proc/loadavg)"
 } | tee "$OUT"
 echo "written to $OUT"
