@@ -11,6 +11,8 @@
 #
 # Environment (optional): COUNT=100  SKIP_BUILD=0  SKIP_THROUGHPUT=0
 #   PROFILE=release (debug: a quick check of the script; the figures mean little)
+#   UP_LOG=warn (info: the agent logs each dataplane pass with its duration)
+#   KEEP_LOG=<file> (copy up's log there)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -18,6 +20,8 @@ COUNT=${COUNT:-100}
 SKIP_BUILD=${SKIP_BUILD:-0}
 SKIP_THROUGHPUT=${SKIP_THROUGHPUT:-0}
 PROFILE=${PROFILE:-release}
+UP_LOG=${UP_LOG:-warn}
+KEEP_LOG=${KEEP_LOG:-}
 P=pnb
 HOSTNS=$P-host
 # `ultracloud up` on its own loopback address (uc-testkit uses 127.0.0.10+, other benches
@@ -44,6 +48,7 @@ source_desc="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)$(git stat
 UP_PID=""
 cleanup() {
   if [[ -n $UP_PID ]]; then kill "$UP_PID" 2>/dev/null || true; wait "$UP_PID" 2>/dev/null || true; fi
+  if [[ -n $KEEP_LOG ]]; then cp "$DATA/up.log" "$KEEP_LOG" 2>/dev/null || true; fi
   "$PLAN_APPLY" --netns "$HOSTNS" --teardown "$P" "$DATA/data/prismnet-agent/dataplane" >/dev/null 2>&1 || true
   for ns in $(ip netns list | awk '{print $1}' | grep -E "^$P-" || true); do ip netns del "$ns" 2>/dev/null || true; done
   rm -rf "$DATA"
@@ -60,7 +65,7 @@ bind = "$IP"
 port = $(port 0)
 name = "bench-node"
 [log]
-level = "warn"
+level = "$UP_LOG"
 [chainfire]
 client_port = $(port 1)
 peer_port = $(port 2)

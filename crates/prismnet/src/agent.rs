@@ -193,9 +193,13 @@ impl Agent {
             if let Some(stored) = current {
                 active |= has_content(&stored.plan);
                 if active {
+                    let started = std::time::Instant::now();
                     let report = self.dataplane.converge(stored.plan.clone()).await;
+                    let ms = started.elapsed().as_millis() as u64;
                     if !report.changed.is_empty() {
-                        tracing::info!(changes = ?report.changed, "dataplane converged");
+                        tracing::info!(revision = stored.revision, ms, changes = ?report.changed, "dataplane converged");
+                    } else {
+                        tracing::debug!(revision = stored.revision, ms, "dataplane unchanged");
                     }
                     for e in &report.errors {
                         tracing::warn!(error = %e, "dataplane");
