@@ -205,7 +205,17 @@ async fn controller_and_node_outages() {
     })
     .await;
 
-    // 5. A create interrupted by the node going away stays `creating`; the reconciler
+    // 5. A graceful stop (SIGTERM) stops the exports with the node; the next start serves them
+    //    again.
+    let status = storage
+        .node_mut(0)
+        .terminate(std::time::Duration::from_secs(30));
+    assert!(status.is_some(), "the node exits by itself on SIGTERM");
+    assert!(qemu_nbd_pids_under(&storage_dir).is_empty());
+    storage.restart(0).await.unwrap();
+    qemu_io(&url, &["read -P 0xa1 0 2M", "read -P 0xc3 4M 1M"]);
+
+    // 6. A create interrupted by the node going away stays `creating`; the reconciler
     //    finishes it once the node is back, and a retry with the same key returns it.
     storage.node_mut(0).kill();
     let create = async || {
