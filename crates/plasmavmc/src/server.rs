@@ -520,7 +520,8 @@ pub async fn start(
             worker_timeout: Duration::from_secs(config.worker_timeout_secs),
             max_vcpus: config.max_vcpus,
             max_memory_mib: config.max_memory_mib,
-            delete_wait: Duration::from_secs(60),
+            // Below clients' usual 30 s request timeout; a slower teardown answers 202.
+            delete_wait: Duration::from_secs(20),
         },
         ctx.service_token.clone(),
         options,

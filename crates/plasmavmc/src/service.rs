@@ -695,6 +695,8 @@ impl Plasmavmc {
             &worker.url,
             ClientOptions {
                 token: Some(self.service_token.clone()),
+                // A live migration's calls last as long as the memory copy.
+                timeout: Duration::from_secs(900),
                 ..self.client_options.clone()
             },
         )

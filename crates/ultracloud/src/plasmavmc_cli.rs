@@ -205,6 +205,8 @@ fn client(endpoint: &str, args: &ClientArgs) -> Result<PlasmavmcClient, Failure>
         ClientOptions {
             token: Some(token),
             ca_file: args.ca_file.clone(),
+            // `vm migrate` answers when the migration is done.
+            timeout: Duration::from_secs(900),
             ..Default::default()
         },
     )
