@@ -803,3 +803,112 @@ async fn two_hosts_share_a_subnet_over_vxlan_with_router_snat_and_a_floating_ip(
     agent2.await.unwrap();
     api.stop().await;
 }
+
+/// A TCP server that answers every client with `name`.
+fn serve_name(netns: &str, port: u16, name: &str) {
+    let listener = in_netns(netns, || {
+        TcpListener::bind(("0.0.0.0", port)).expect("bind")
+    });
+    let name = name.to_owned();
+    std::thread::spawn(move || {
+        for conn in listener.incoming() {
+            let Ok(mut conn) = conn else { continue };
+            let _ = writeln!(conn, "{name}");
+        }
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn vpcs_with_overlapping_cidrs_stay_apart_on_one_host() {
+    let cloud = cloud().await;
+    let api = cloud.api().await;
+    let t1 = Net::new(&api.url, &cloud.tenant("acme", "admin").await);
+    let t2 = Net::new(&api.url, &cloud.tenant("globex", "admin").await);
+    let op = Net::new(&api.url, &cloud.admin_token);
+    let mut host = Host::new("d");
+    // The same CIDR in two tenants' VPCs; c and d even share an address.
+    let mut ns = Vec::new();
+    for (net, name, addr) in [
+        (&t1, "a", "10.85.0.10"),
+        (&t1, "c", "10.85.0.11"),
+        (&t2, "b", "10.85.0.12"),
+        (&t2, "d", "10.85.0.11"),
+    ] {
+        let w = host.workload(name);
+        ns.push((net.clone(), w, addr));
+    }
+    let (v1, s1) = t1.network("10.85.0.0/16", "10.85.0.0/24").await;
+    let (v2, s2) = t2.network("10.85.0.0/16", "10.85.0.0/24").await;
+    // Groups open to everyone: only the topology can keep the tenants apart.
+    for (net, vpc) in [(&t1, &v1), (&t2, &v2)] {
+        let sg = vpc["default_security_group"].as_str().unwrap();
+        net.create(
+            &format!("/v1/security-groups/{sg}/rules"),
+            json!({"direction": "ingress", "protocol": "any"}),
+        )
+        .await;
+    }
+    let mut ids = Vec::new();
+    for (net, w, addr) in &ns {
+        let subnet = if net.token == t1.token { &s1 } else { &s2 };
+        let p = net
+            .create(
+                "/v1/ports",
+                json!({"subnet_id": subnet["id"], "ips": [addr],
+                       "binding": {"host": host.prefix, "attachment": format!("netns:{w}")}}),
+            )
+            .await;
+        ids.push(p["id"].as_str().unwrap().to_owned());
+    }
+    let (stop, agent) = host.start_agent(&api.url, &cloud.admin_token);
+    for id in &ids {
+        assert!(
+            eventually(30, async || port_active(&op, id).await).await,
+            "{id} never active"
+        );
+    }
+    for (_, w, addr) in &ns {
+        ip(&["-n", w, "addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+    }
+    let (a, c, b, d) = (&ns[0].1, &ns[1].1, &ns[2].1, &ns[3].1);
+    serve_name(c, 9000, "c");
+    serve_name(d, 9000, "d");
+    let name_at = |from: &str| {
+        let addr = SocketAddr::new("10.85.0.11".parse().unwrap(), 9000);
+        in_netns(from, || {
+            TcpStream::connect_timeout(&addr, Duration::from_secs(1))
+        })
+        .ok()
+        .and_then(|s| {
+            s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+            let mut line = String::new();
+            BufReader::new(s).read_line(&mut line).ok()?;
+            Some(line.trim_end().to_owned())
+        })
+    };
+    // 10.85.0.11 is c for tenant 1 and d for tenant 2.
+    let mut got = None;
+    assert!(
+        eventually(15, async || {
+            got = name_at(a);
+            got.is_some()
+        })
+        .await
+    );
+    assert_eq!(got.as_deref(), Some("c"));
+    assert!(
+        eventually(15, async || {
+            got = name_at(b);
+            got.is_some()
+        })
+        .await
+    );
+    assert_eq!(got.as_deref(), Some("d"));
+    // Across VPCs nothing passes, even inside the shared range.
+    assert!(eventually(10, async || ping(a, "10.85.0.11")).await);
+    assert!(!ping(a, "10.85.0.12"), "tenant 1 reached tenant 2's port");
+    assert!(!ping(b, "10.85.0.10"), "tenant 2 reached tenant 1's port");
+    stop.trigger();
+    agent.await.unwrap();
+    api.stop().await;
+}
