@@ -368,6 +368,10 @@ pub struct Assignment {
     pub user_data: Option<String>,
     /// Grace period of the pending stop, if one is pending.
     pub stop_timeout_secs: u64,
+    /// The reboot sequence number a worker last reported as applied: a restarted agent
+    /// starts from it, so a reboot requested while no agent ran is still carried out.
+    #[serde(default)]
+    pub reboot_applied: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]

@@ -626,6 +626,7 @@ impl Plasmavmc {
             };
             out.push(Assignment {
                 stop_timeout_secs: rec.stop_timeout_secs,
+                reboot_applied: rec.reboot_applied,
                 user_data: rec.user_data,
                 vm: rec.vm,
                 image,
@@ -658,15 +659,24 @@ impl Plasmavmc {
                 // The migration call owns the state until it finishes.
                 return Ok(());
             }
-            if rec.vm.state == state && rec.vm.error == report.error {
+            let reboot_applied = rec.reboot_applied.max(report.reboot_seq);
+            if rec.vm.state == state
+                && rec.vm.error == report.error
+                && rec.reboot_applied == reboot_applied
+            {
                 return Ok(());
             }
             let previous = rec.vm.state;
             rec.vm.state = state;
             rec.vm.error = report.error.clone();
+            rec.reboot_applied = reboot_applied;
             rec.vm.version += 1;
             rec.vm.updated_at = now();
             if self.store.update_vm(&rec).await.map_err(store_error)? {
+                if previous == state {
+                    // Only the applied reboot changed.
+                    return Ok(());
+                }
                 let message = match &report.error {
                     Some(e) => format!("{} → {}: {e}", previous.as_str(), state.as_str()),
                     None => format!("{} → {}", previous.as_str(), state.as_str()),
@@ -872,6 +882,7 @@ impl Plasmavmc {
             user_data: req.user_data.clone(),
             stop_timeout_secs: 30,
             idempotency_key: idempotency_key.clone(),
+            reboot_applied: 0,
         };
         let mut placed = false;
         for _ in 0..8 {
@@ -1527,6 +1538,7 @@ impl Plasmavmc {
             image,
             user_data: rec.user_data.clone(),
             stop_timeout_secs: rec.stop_timeout_secs,
+            reboot_applied: rec.reboot_applied,
         };
         let dst = self.worker_client(dest)?;
         let ready: IncomingReady = dst

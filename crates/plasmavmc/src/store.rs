@@ -23,6 +23,9 @@ pub struct VmRecord {
     pub user_data: Option<String>,
     pub stop_timeout_secs: u64,
     pub idempotency_key: Option<String>,
+    /// The reboot sequence number the worker last reported as applied.
+    #[serde(default)]
+    pub reboot_applied: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

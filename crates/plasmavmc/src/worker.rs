@@ -375,7 +375,7 @@ impl Agent {
                 if running {
                     let applied = *lock(&self.reboots)
                         .entry(id.to_owned())
-                        .or_insert(a.vm.reboot_seq);
+                        .or_insert(a.reboot_applied);
                     if a.vm.reboot_seq > applied {
                         if let Err(e) = self.hv.reboot(id).await {
                             tracing::warn!(vm = id, error = %e, "reboot failed");
