@@ -194,3 +194,87 @@ async fn vm_boots_keeps_its_disk_and_survives_an_agent_kill() {
     assert_eq!(s, 404, "the VM's volume is deleted with it");
     assert!(!cloud.worker_dir().join("run").join(&id).exists());
 }
+
+/// A disk image: coronafs clones the VM's root volume from it, QEMU boots the root volume
+/// through the firmware (a blank disk here: the VM runs, with nothing to boot).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_image_becomes_the_root_volume() {
+    let cloud = cloud::up("").await;
+    let _reaper = QemuReaper(cloud.worker_dir());
+    let t = cloud.tenant("disky").await;
+    let dir = tempfile::tempdir().unwrap();
+    let image_file = dir.path().join("disk.raw");
+    let mut bytes = vec![0u8; 2 * 1024 * 1024];
+    let pattern = b"UC-IMAGE-PATTERN-0123456789";
+    bytes[..pattern.len()].copy_from_slice(pattern);
+    std::fs::write(&image_file, &bytes).unwrap();
+    let (s, img) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            "/v1/images",
+            Some(json!({"name": "blank", "kind": "disk", "disk": image_file, "format": "raw"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{img}");
+    assert_eq!(img["size_bytes"].as_u64(), Some(bytes.len() as u64));
+    // A root volume smaller than the image is refused, nothing created.
+    let (s, e) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            "/v1/vms",
+            Some(json!({"name": "small", "image": "blank", "vcpus": 1, "memory_mib": 64, "root_volume_mib": 1})),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+
+    let (s, vm) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            "/v1/vms",
+            Some(json!({"name": "disky", "image": "blank", "vcpus": 1, "memory_mib": 64, "root_volume_mib": 4})),
+        )
+        .await;
+    assert_eq!(s, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    assert_eq!(vm["volumes"][0]["role"], "root");
+    assert_eq!(vm["volumes"][0]["size_mib"], 4);
+    let volume = vm["volumes"][0]["volume_id"].as_str().unwrap().to_owned();
+    cloud.wait_state(&t, &id, "running").await;
+    let pids = cloud::qemu_pids(&id);
+    assert_eq!(pids.len(), 1);
+    let cmdline = std::fs::read_to_string(format!("/proc/{}/cmdline", pids[0]))
+        .unwrap()
+        .replace('\0', " ");
+    assert!(!cmdline.contains("-kernel"), "firmware boot: {cmdline}");
+    assert!(cmdline.contains("bootindex=0"), "{cmdline}");
+    assert!(
+        cmdline.contains("nbd://"),
+        "the root volume through NBD: {cmdline}"
+    );
+    // The volume's bytes start with the image's.
+    let file = std::fs::read_dir(cloud.info.data_dir.join("coronafs/volumes"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&volume))
+        .expect("the root volume's file")
+        .path();
+    let head = std::fs::read(&file).unwrap();
+    assert_eq!(&head[..pattern.len()], pattern, "{}", file.display());
+    assert_eq!(head.len(), 4 * 1024 * 1024, "grown to the requested size");
+
+    let (s, _) = cloud
+        .as_(
+            &t,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
+        .await;
+    assert!(s == 204 || s == 202);
+    cloud.wait_gone(&t, &id).await;
+    assert!(cloud::qemu_pids(&id).is_empty());
+    assert!(!file.exists(), "the cloned volume is deleted with the VM");
+}
