@@ -78,6 +78,8 @@ struct Agent {
     migrating: Mutex<HashSet<String>>,
     /// Reboot sequence numbers already applied.
     reboots: Mutex<HashMap<String, u64>>,
+    /// Running VMs not assigned to this worker, already warned about.
+    strays: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -192,6 +194,7 @@ pub async fn start(
         busy: Mutex::new(HashSet::new()),
         migrating: Mutex::new(HashSet::new()),
         reboots: Mutex::new(HashMap::new()),
+        strays: Mutex::new(HashSet::new()),
     });
 
     let server = HttpServer::new("plasmavmc-worker", ctx.http.clone(), ctx.auth.clone())
@@ -308,6 +311,19 @@ impl Agent {
     }
 
     fn dispatch(self: &Arc<Self>, assignments: Vec<Assignment>) {
+        // A VM running here that the control plane does not assign to us (e.g. its record
+        // was removed while this agent was down) is left alone: never stop what we are not
+        // told to. Said once per VM.
+        let assigned: HashSet<&str> = assignments.iter().map(|a| a.vm.id.as_str()).collect();
+        let migrating = lock(&self.migrating).clone();
+        for id in self.hv.running() {
+            if !assigned.contains(id.as_str())
+                && !migrating.contains(&id)
+                && lock(&self.strays).insert(id.clone())
+            {
+                tracing::warn!(vm = %id, "a VM runs here that is not assigned to this worker; leaving it alone");
+            }
+        }
         for a in assignments {
             let id = a.vm.id.clone();
             if lock(&self.migrating).contains(&id) || a.vm.migrating_to.is_some() {
