@@ -40,8 +40,16 @@ impl PlasmavmcClient {
 
     // ---- images
 
-    pub async fn create_image(&self, req: &CreateImage) -> Result<Image, ClientError> {
-        self.api.post("/v1/images", req).await
+    /// With an idempotency key, repeating the call returns the same image.
+    pub async fn create_image(
+        &self,
+        req: &CreateImage,
+        idempotency_key: Option<&str>,
+    ) -> Result<Image, ClientError> {
+        match idempotency_key {
+            Some(k) => self.api.post_idempotent("/v1/images", req, k).await,
+            None => self.api.post("/v1/images", req).await,
+        }
     }
 
     pub async fn list_images(&self, page_token: Option<&str>) -> Result<Page<Image>, ClientError> {

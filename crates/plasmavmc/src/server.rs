@@ -46,6 +46,17 @@ fn bearer(headers: &HeaderMap) -> Result<Secret<String>, ApiError> {
         .ok_or_else(|| ApiError::unauthenticated("missing bearer token"))
 }
 
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("idempotency-key")
+        .map(|v| {
+            v.to_str()
+                .map(ToOwned::to_owned)
+                .map_err(|_| ApiError::invalid_argument("Idempotency-Key: visible ASCII"))
+        })
+        .transpose()
+}
+
 fn if_match(headers: &HeaderMap) -> Result<Option<i64>, ApiError> {
     match headers.get(axum::http::header::IF_MATCH) {
         None => Ok(None),
@@ -80,15 +91,18 @@ impl ListQuery {
 // ---- images
 
 #[utoipa::path(post, path = "/v1/images", request_body = CreateImage,
+    params(("Idempotency-Key" = Option<String>, Header)),
     responses((status = 201, body = Image), (status = 400, body = uc_runtime::ErrorBody), (status = 409, body = uc_runtime::ErrorBody)), security(("bearer" = [])))]
 async fn create_image(
     State(p): S,
     caller: Caller,
+    headers: HeaderMap,
     Json(req): Json<CreateImage>,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
+    let key = idempotency_key(&headers)?;
     Ok((
         StatusCode::CREATED,
-        Json(p.create_image(&caller, req).await?),
+        Json(p.create_image(&caller, req, key).await?),
     ))
 }
 
@@ -194,14 +208,7 @@ async fn create_vm(
     Json(req): Json<CreateVm>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
     let token = bearer(&headers)?;
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| {
-            v.to_str()
-                .map(ToOwned::to_owned)
-                .map_err(|_| ApiError::invalid_argument("Idempotency-Key: visible ASCII"))
-        })
-        .transpose()?;
+    let key = idempotency_key(&headers)?;
     Ok((
         StatusCode::CREATED,
         Json(p.create_vm(&caller, &token, req, key).await?),

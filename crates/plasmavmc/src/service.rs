@@ -271,9 +271,27 @@ impl Plasmavmc {
 
     // ---- images
 
-    pub async fn create_image(&self, caller: &Caller, req: CreateImage) -> Result<Image> {
+    pub async fn create_image(
+        &self,
+        caller: &Caller,
+        req: CreateImage,
+        idempotency_key: Option<String>,
+    ) -> Result<Image> {
         require(caller, "plasmavmc.image.create")?;
         let scope = Scope::of(caller)?;
+        if let Some(key) = &idempotency_key {
+            if key.is_empty() || key.len() > 200 {
+                return Err(VmError::Invalid("Idempotency-Key: 1-200 characters".into()));
+            }
+            if let Some(image) = self
+                .store
+                .image_by_idempotency_key(&scope.org, &scope.project, key)
+                .await
+                .map_err(store_error)?
+            {
+                return Ok(image);
+            }
+        }
         check_name("image", &req.name)?;
         if req.public && !scope.operator {
             return Err(VmError::Denied(
@@ -322,8 +340,8 @@ impl Plasmavmc {
         let image = Image {
             id: new_id("img"),
             name: req.name,
-            org_id: scope.org,
-            project_id: scope.project,
+            org_id: scope.org.clone(),
+            project_id: scope.project.clone(),
             kind: req.kind,
             format: match req.kind {
                 ImageKind::Disk => Some(req.format.unwrap_or_else(|| "qcow2".into())),
@@ -337,8 +355,27 @@ impl Plasmavmc {
             size_bytes: size,
             created_at: now(),
         };
-        self.store.insert_image(&image).await.map_err(store_error)?;
-        Ok(image)
+        match self
+            .store
+            .insert_image(&image, idempotency_key.as_deref())
+            .await
+        {
+            Ok(()) => Ok(image),
+            // A concurrent repeat with the same key won the insert: its image is the answer.
+            Err(e) if e.is_unique_violation() => {
+                if let Some(key) = &idempotency_key
+                    && let Some(existing) = self
+                        .store
+                        .image_by_idempotency_key(&scope.org, &scope.project, key)
+                        .await
+                        .map_err(store_error)?
+                {
+                    return Ok(existing);
+                }
+                Err(store_error(e))
+            }
+            Err(e) => Err(store_error(e)),
+        }
     }
 
     async fn visible_image(&self, scope: &Scope, id_or_name: &str) -> Result<Image> {

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::api::{Image, RegisterWorker, Vm, VmEvent};
 
 const SCHEMA: &[&str] = &[
-    "CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, project_id TEXT NOT NULL, name TEXT NOT NULL, public INTEGER NOT NULL, body TEXT NOT NULL, UNIQUE (org_id, project_id, name))",
+    "CREATE TABLE IF NOT EXISTS images (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, project_id TEXT NOT NULL, name TEXT NOT NULL, public INTEGER NOT NULL, idempotency_key TEXT, body TEXT NOT NULL, UNIQUE (org_id, project_id, name), UNIQUE (org_id, project_id, idempotency_key))",
     "CREATE TABLE IF NOT EXISTS workers (name TEXT PRIMARY KEY, body TEXT NOT NULL, state TEXT NOT NULL, last_heartbeat INTEGER NOT NULL, registered_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS vms (id TEXT PRIMARY KEY, org_id TEXT NOT NULL, project_id TEXT NOT NULL, name TEXT NOT NULL, worker TEXT NOT NULL, migrating_to TEXT, vcpus INTEGER NOT NULL, memory_mib INTEGER NOT NULL, state TEXT NOT NULL, idempotency_key TEXT, version INTEGER NOT NULL, body TEXT NOT NULL, UNIQUE (org_id, project_id, name), UNIQUE (org_id, project_id, idempotency_key))",
     "CREATE INDEX IF NOT EXISTS vms_by_worker ON vms (worker)",
@@ -83,14 +83,34 @@ impl Store {
 
     // ---- images
 
-    pub async fn insert_image(&self, image: &Image) -> Result<(), FlaredbError> {
+    pub async fn insert_image(
+        &self,
+        image: &Image,
+        idempotency_key: Option<&str>,
+    ) -> Result<(), FlaredbError> {
         self.db
             .execute(
-                "INSERT INTO images (id, org_id, project_id, name, public, body) VALUES ($1, $2, $3, $4, $5, $6)",
-                params![&image.id, &image.org_id, &image.project_id, &image.name, image.public, encode(image)],
+                "INSERT INTO images (id, org_id, project_id, name, public, idempotency_key, body) VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                params![&image.id, &image.org_id, &image.project_id, &image.name, image.public, idempotency_key, encode(image)],
             )
             .await
             .map(|_| ())
+    }
+
+    pub async fn image_by_idempotency_key(
+        &self,
+        org: &str,
+        project: &str,
+        key: &str,
+    ) -> Result<Option<Image>, FlaredbError> {
+        let rows: Vec<Body> = self
+            .db
+            .query(
+                "SELECT body FROM images WHERE org_id = $1 AND project_id = $2 AND idempotency_key = $3",
+                params![org, project, key],
+            )
+            .await?;
+        rows.first().map(|r| decode(&r.body)).transpose()
     }
 
     pub async fn image(&self, id: &str) -> Result<Option<Image>, FlaredbError> {

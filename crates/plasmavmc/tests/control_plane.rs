@@ -127,6 +127,24 @@ async fn images_bad_input_and_tenancy() {
         .await;
     assert_eq!(s, 204);
     let image = cloud.tiny_image(&alice, "tiny").await;
+    // An image create with an idempotency key: a repeat answers the same image.
+    let keyed_image = || {
+        uc_testkit::http_client()
+            .post(format!("{}/v1/images", cloud.url))
+            .bearer_auth(&alice)
+            .header("idempotency-key", "img-key-1")
+            .json(&json!({"name": "keyed", "kind": "kernel", "kernel": g.kernel}))
+            .send()
+    };
+    let first: Value = keyed_image().await.unwrap().json().await.unwrap();
+    let again = keyed_image().await.unwrap();
+    assert_eq!(again.status().as_u16(), 201);
+    let again: Value = again.json().await.unwrap();
+    assert_eq!(first["id"], again["id"], "{first} {again}");
+    let (s, _) = cloud
+        .as_(&alice, Method::DELETE, "/v1/images/keyed", None)
+        .await;
+    assert_eq!(s, 204);
     let (s, e) = cloud
         .as_(
             &alice,

@@ -537,16 +537,19 @@ pub async fn run_image(args: ImageArgs, format: OutputFormat) -> Result<(), Fail
                 })
             };
             let image = api
-                .create_image(&CreateImage {
-                    name,
-                    kind,
-                    disk: absolute(disk),
-                    format: disk_format,
-                    kernel: absolute(kernel),
-                    initrd: absolute(initrd),
-                    cmdline,
-                    public,
-                })
+                .create_image(
+                    &CreateImage {
+                        name,
+                        kind,
+                        disk: absolute(disk),
+                        format: disk_format,
+                        kernel: absolute(kernel),
+                        initrd: absolute(initrd),
+                        cmdline,
+                        public,
+                    },
+                    Some(&uuid_like()),
+                )
                 .await
                 .map_err(runtime)?;
             show(format, &image, columns);

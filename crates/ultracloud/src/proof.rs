@@ -364,16 +364,19 @@ async fn smoke_steps(
     if ok {
         let t = Instant::now();
         let outcome = vms
-            .create_image(&CreateImage {
-                name: format!("tiny-{suffix}"),
-                kind: ImageKind::Kernel,
-                disk: None,
-                format: None,
-                kernel: Some(guest.kernel.display().to_string()),
-                initrd: Some(guest.initrd.display().to_string()),
-                cmdline: Some("console=ttyS0 loglevel=4".into()),
-                public: false,
-            })
+            .create_image(
+                &CreateImage {
+                    name: format!("tiny-{suffix}"),
+                    kind: ImageKind::Kernel,
+                    disk: None,
+                    format: None,
+                    kernel: Some(guest.kernel.display().to_string()),
+                    initrd: Some(guest.initrd.display().to_string()),
+                    cmdline: Some("console=ttyS0 loglevel=4".into()),
+                    public: false,
+                },
+                Some(&format!("fresh-smoke-image-{suffix}")),
+            )
             .await
             .map(|i| {
                 image_id = Some(i.id.clone());
