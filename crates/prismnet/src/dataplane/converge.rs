@@ -1,8 +1,9 @@
 //! `Dataplane::converge`: read the live state, fix what differs from the plan, remove what the
 //! plan no longer mentions. Cheap when nothing changed: one `ip -j -d addr show` of the host,
 //! one `nft list`, one `bridge fdb` per VXLAN device, and the pid files. The inside of the DHCP,
-//! router and workload namespaces is re-read ("deep" pass) when the plan changed, after
-//! `full_verify_every`, or when something it lives on had to be recreated.
+//! router and workload namespaces is re-read ("deep" pass) when that object's part of the plan
+//! changed (all of them when subnets or routers were removed), after `full_verify_every`, or
+//! when something it lives on had to be recreated.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -81,15 +82,18 @@ impl Dataplane {
                 plan.prefix
             )));
         }
-        let deep = match &self.last {
+        let depth = match &self.last {
             Some(last) => {
                 let since = last.deep_at.elapsed();
-                last.plan != *plan
-                    || since >= self.full_verify_every
-                    || (!last.clean && since >= RETRY_DEEP_AFTER)
+                if since >= self.full_verify_every || (!last.clean && since >= RETRY_DEEP_AFTER) {
+                    Depth::All
+                } else {
+                    Depth::changed_between(&last.plan, plan)
+                }
             }
-            None => true,
+            None => Depth::All,
         };
+        let deep = matches!(depth, Depth::All);
         let prefix_dir = self.state_dir.join(&plan.prefix);
         fs::create_dir_all(&prefix_dir)
             .map_err(|e| DataplaneError(format!("creating {}: {e}", prefix_dir.display())))?;
@@ -97,7 +101,7 @@ impl Dataplane {
             tools: &self.tools,
             prefix: &plan.prefix,
             prefix_dir: &prefix_dir,
-            deep,
+            depth,
             links: BTreeMap::new(),
             netns: BTreeSet::new(),
             report: ConvergeReport::default(),
@@ -149,11 +153,126 @@ impl Dataplane {
     }
 }
 
+/// Which inner namespaces (DHCP, router, workload) a pass re-reads. Reading one costs a few
+/// process spawns, so a plan change re-reads only the namespaces of what changed: with 100
+/// ports on a host, adding the 101st must not re-read the other 100.
+#[derive(Debug)]
+enum Depth {
+    /// First pass, the periodic full verification, or a retry after errors.
+    All,
+    /// The plan changed (or not) within the same subnets and routers: only these.
+    Changed {
+        /// Port ids whose plan is new or different.
+        ports: BTreeSet<String>,
+        /// Subnet ids whose DHCP plan is new or different.
+        dhcp: BTreeSet<String>,
+        /// Router ids whose plan is new or different.
+        routers: BTreeSet<String>,
+    },
+}
+
+impl Depth {
+    fn changed_between(old: &HostPlan, new: &HostPlan) -> Self {
+        if old == new {
+            return Depth::Changed {
+                ports: BTreeSet::new(),
+                dhcp: BTreeSet::new(),
+                routers: BTreeSet::new(),
+            };
+        }
+        // Removed subnets or routers (and host-wide settings) go through cleanup's deep
+        // scan, so anything but additions and edits within the same objects reads all.
+        let ids = |p: &HostPlan| {
+            (
+                p.networks
+                    .iter()
+                    .map(|n| n.subnet_id.clone())
+                    .collect::<BTreeSet<_>>(),
+                p.routers
+                    .iter()
+                    .map(|r| r.router_id.clone())
+                    .collect::<BTreeSet<_>>(),
+            )
+        };
+        let (old_nets, old_routers) = ids(old);
+        let (new_nets, new_routers) = ids(new);
+        if !old_nets.is_subset(&new_nets)
+            || !old_routers.is_subset(&new_routers)
+            || old.prefix != new.prefix
+            || old.underlay_ip != new.underlay_ip
+            || old.external_bridge != new.external_bridge
+        {
+            return Depth::All;
+        }
+        let old_ports: BTreeMap<&str, _> = old
+            .networks
+            .iter()
+            .flat_map(|n| n.ports.iter().map(|p| (p.port_id.as_str(), p)))
+            .collect();
+        let old_dhcp: BTreeMap<&str, _> = old
+            .networks
+            .iter()
+            .map(|n| (n.subnet_id.as_str(), &n.dhcp))
+            .collect();
+        let old_router: BTreeMap<&str, _> = old
+            .routers
+            .iter()
+            .map(|r| (r.router_id.as_str(), r))
+            .collect();
+        Depth::Changed {
+            ports: new
+                .networks
+                .iter()
+                .flat_map(|n| n.ports.iter())
+                .filter(|p| old_ports.get(p.port_id.as_str()) != Some(p))
+                .map(|p| p.port_id.clone())
+                .collect(),
+            dhcp: new
+                .networks
+                .iter()
+                .filter(|n| old_dhcp.get(n.subnet_id.as_str()) != Some(&&n.dhcp))
+                .map(|n| n.subnet_id.clone())
+                .collect(),
+            routers: new
+                .routers
+                .iter()
+                .filter(|r| old_router.get(r.router_id.as_str()) != Some(r))
+                .map(|r| r.router_id.clone())
+                .collect(),
+        }
+    }
+
+    fn all(&self) -> bool {
+        matches!(self, Depth::All)
+    }
+
+    fn port(&self, id: &str) -> bool {
+        match self {
+            Depth::All => true,
+            Depth::Changed { ports, .. } => ports.contains(id),
+        }
+    }
+
+    fn dhcp(&self, subnet_id: &str) -> bool {
+        match self {
+            Depth::All => true,
+            Depth::Changed { dhcp, .. } => dhcp.contains(subnet_id),
+        }
+    }
+
+    fn router(&self, id: &str) -> bool {
+        match self {
+            Depth::All => true,
+            Depth::Changed { routers, .. } => routers.contains(id),
+        }
+    }
+}
+
 struct Pass<'a> {
     tools: &'a Tools,
     prefix: &'a str,
     prefix_dir: &'a Path,
-    deep: bool,
+    depth: Depth,
     links: BTreeMap<String, Link>,
     netns: BTreeSet<String>,
     report: ConvergeReport,
@@ -616,7 +735,7 @@ impl Pass<'_> {
             Ok(fresh) => fresh,
             Err(e) => return self.error(e),
         };
-        let inner = if self.deep && !fresh {
+        let inner = if self.depth.dhcp(&net.subnet_id) && !fresh {
             match self.read_netns_links(&d.netns, None) {
                 Ok(links) => Some(links),
                 Err(e) => return self.drop_unusable_netns(&d.netns, e),
@@ -707,7 +826,7 @@ impl Pass<'_> {
                     ));
                 }
                 let mut create = existing.as_ref().is_none_or(|l| l.kind != "veth");
-                if !create && self.deep {
+                if !create && self.depth.port(&port.port_id) {
                     match self.read_netns_links(workload, Some(ifname)) {
                         Ok(links) if links.contains_key(ifname) => {
                             let live = links[ifname].clone();
@@ -753,7 +872,8 @@ impl Pass<'_> {
             Ok(fresh) => fresh,
             Err(e) => return self.error(e),
         };
-        if fresh || self.deep {
+        let deep = self.depth.router(&r.router_id);
+        if fresh || deep {
             let forwarding = sys::run(
                 &self.tools.ip,
                 &["netns", "exec", ns, "cat", "/proc/sys/net/ipv4/ip_forward"],
@@ -775,7 +895,7 @@ impl Pass<'_> {
                 }
             }
         }
-        let inner = if self.deep && !fresh {
+        let inner = if deep && !fresh {
             match self.read_netns_links(ns, None) {
                 Ok(links) => Some(links),
                 Err(e) => return self.drop_unusable_netns(ns, e),
@@ -826,7 +946,7 @@ impl Pass<'_> {
                     None,
                     bridge,
                 );
-                if created || fresh || self.deep {
+                if created || fresh || deep {
                     self.ensure_default_route(ns, ext.gateway);
                 }
             }
@@ -849,7 +969,7 @@ impl Pass<'_> {
             r.external.as_ref().map(|(e, _)| e),
             &r.floating_ips,
         );
-        let check_live = fresh || self.deep;
+        let check_live = fresh || deep;
         self.apply_nft(ns, Some(ns), &["ip"], rendered, check_live);
     }
 
@@ -1087,7 +1207,7 @@ impl Pass<'_> {
                 }
             }
         }
-        if self.deep {
+        if self.depth.all() {
             for (pid, conf) in dhcp::pids_under(self.prefix_dir) {
                 let dir = conf.parent().map(Path::to_path_buf).unwrap_or_default();
                 if !dhcp_dirs.contains(&dir) {
@@ -1141,5 +1261,63 @@ impl Pass<'_> {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::plan::{Attachment, NetworkPlan, PortPlan};
+
+    fn port(id: &str) -> PortPlan {
+        PortPlan {
+            port_id: id.into(),
+            mac: "02:00:00:00:00:01".into(),
+            ips: vec![],
+            attachment: Attachment::Tap,
+            security_groups: vec![],
+            port_security: true,
+        }
+    }
+
+    fn plan(ports: &[&str], subnets: &[&str]) -> HostPlan {
+        let mut p = HostPlan::empty("h", "uc");
+        for (i, s) in subnets.iter().enumerate() {
+            p.networks.push(NetworkPlan {
+                subnet_id: (*s).into(),
+                vni: i as u32 + 1,
+                cidr: "10.0.0.0/24".into(),
+                gateway: None,
+                mtu: 1450,
+                dhcp: None,
+                ports: if i == 0 {
+                    ports.iter().map(|id| port(id)).collect()
+                } else {
+                    vec![]
+                },
+                remote_vteps: vec![],
+                remote_macs: vec![],
+            });
+        }
+        p
+    }
+
+    #[test]
+    fn a_new_port_re_reads_only_that_port() {
+        let old = plan(&["a", "b"], &["s1"]);
+        let new = plan(&["a", "b", "c"], &["s1"]);
+        let depth = Depth::changed_between(&old, &new);
+        assert!(depth.port("c"));
+        assert!(!depth.port("a") && !depth.port("b"));
+        assert!(!depth.dhcp("s1") && !depth.all());
+    }
+
+    #[test]
+    fn a_removed_subnet_re_reads_everything() {
+        let old = plan(&["a"], &["s1", "s2"]);
+        let new = plan(&["a"], &["s1"]);
+        assert!(Depth::changed_between(&old, &new).all());
+        let same = Depth::changed_between(&old, &old);
+        assert!(!same.all() && !same.port("a"));
     }
 }
