@@ -418,7 +418,8 @@ impl Cluster {
     /// to the generated config. Port names: node, client, peer, admin (chainfire), rest, pg,
     /// fpeer (flaredb), iam, coronafs, prismnet, plasmavmc, plasmavmc-worker. The plasmavmc
     /// worker uses TCG without probing KVM (a probe guest per start would slow every test),
-    /// unless `extra` configures plasmavmc itself.
+    /// unless `extra` configures plasmavmc itself. prismnet's host agent is off unless `extra`
+    /// has a `[prismnet_agent]` table.
     pub fn all_in_one(extra: &'static str) -> ClusterBuilder {
         Self::builder(1)
             .ports(&[
@@ -452,6 +453,13 @@ impl Cluster {
                             n.port("plasmavmc"),
                             n.port("plasmavmc-worker")
                         )
+                    } + if extra.contains("[prismnet_agent]") {
+                        ""
+                    } else {
+                        // prismnet's host agent manages every prismnet-looking device of the
+                        // root network namespace: one per test cloud would remove each
+                        // other's (and the tests' own) bridges and taps.
+                        "[prismnet_agent]\nenabled = false\n"
                     },
                 )
             })
