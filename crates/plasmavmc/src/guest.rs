@@ -516,7 +516,16 @@ for target in $PINGS; do
   if ping -c 3 -W 2 "$target" >/dev/null 2>&1; then say "UC-PING $target ok"; else say "UC-PING $target fail"; fi
 done
 
-[ "$ACPID" = 0 ] || acpid -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log
+if [ "$ACPID" != 0 ]; then
+  acpid -f -c /etc/acpi -a /etc/acpid.conf -l /tmp/acpid.log &
+  # A power-button press before acpid has opened the input device is lost, and the host
+  # may press it as soon as it sees the boot marker: wait until acpid holds the device.
+  i=0
+  while [ $i -lt 300 ] && ! ls -l /proc/$!/fd 2>/dev/null | grep -q /dev/input/event; do
+    sleep 0.1
+    i=$((i + 1))
+  done
+fi
 
 say "UC-BOOT-OK $NAME"
 

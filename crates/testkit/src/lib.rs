@@ -72,22 +72,41 @@ pub fn ultracloud_binary() -> PathBuf {
     }
 }
 
-/// A port no one listens on now, on `ip`. Ports handed out in this process are never handed
-/// out twice.
+/// A port no one listens on now, on `ip`, and that no other test process of this machine has
+/// claimed: nextest runs every test in its own process, and many start clouds on the same
+/// 127.0.0.x at once. Ports come from below the kernel's ephemeral range (so no outgoing
+/// connection or `bind(0)` elsewhere takes them between our check and the server's bind),
+/// and each is claimed with a lock file held until this process exits.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
-    static GIVEN: OnceLock<Mutex<HashSet<(Ipv4Addr, u16)>>> = OnceLock::new();
-    let given = GIVEN.get_or_init(Default::default);
-    loop {
-        let listener = TcpListener::bind((ip, 0)).expect("bind a free port");
-        let port = listener.local_addr().expect("local_addr").port();
-        if given
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert((ip, port))
-        {
+    const RANGE: std::ops::Range<u16> = 20000..32000;
+    static CLAIMED: OnceLock<Mutex<(HashSet<(Ipv4Addr, u16)>, Vec<File>)>> = OnceLock::new();
+    let claimed = CLAIMED.get_or_init(Default::default);
+    let dir = std::env::temp_dir().join("uc-testkit-ports");
+    fs::create_dir_all(&dir).expect("create the port claim directory");
+    // Start at a random offset so concurrent processes rarely probe the same ports.
+    let span = u32::from(RANGE.end - RANGE.start);
+    let start = u32::from_str_radix(&random_token()[..8], 16).expect("hex") % span;
+    let mut guard = claimed.lock().unwrap_or_else(|e| e.into_inner());
+    for step in 0..span {
+        let port = RANGE.start + ((start + step * 7) % span) as u16;
+        if guard.0.contains(&(ip, port)) || TcpListener::bind((ip, port)).is_err() {
+            continue;
+        }
+        let Ok(file) = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(format!("{ip}-{port}")))
+        else {
+            continue;
+        };
+        if file.try_lock().is_ok() {
+            guard.0.insert((ip, port));
+            guard.1.push(file);
             return port;
         }
     }
+    panic!("no free port left on {ip} in {RANGE:?}");
 }
 
 /// What a node looks like from the test: its address, ports and paths.
