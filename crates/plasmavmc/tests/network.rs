@@ -49,8 +49,8 @@ async fn net_ok(
     b
 }
 
-/// A VPC with one DHCP subnet; the subnet's id.
-async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> String {
+/// A VPC with one DHCP subnet: (VPC id, subnet id).
+async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> (String, String) {
     let vpc = net_ok(
         cloud,
         token,
@@ -67,7 +67,10 @@ async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> Stri
         Some(json!({"vpc_id": vpc["id"], "name": "sub", "cidr": cidr24})),
     )
     .await;
-    subnet["id"].as_str().unwrap().to_owned()
+    (
+        vpc["id"].as_str().unwrap().to_owned(),
+        subnet["id"].as_str().unwrap().to_owned(),
+    )
 }
 
 async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Value {
@@ -95,8 +98,8 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
         .to_owned();
     let a = cloud.tenant("tenant-a").await;
     let b = cloud.tenant("tenant-b").await;
-    let subnet = network(&cloud, &a, "10.61.0.0/16", "10.61.1.0/24").await;
-    let b_subnet = network(&cloud, &b, "10.61.0.0/16", "10.61.1.0/24").await;
+    let (vpc, subnet) = network(&cloud, &a, "10.61.0.0/16", "10.61.1.0/24").await;
+    let (b_vpc, b_subnet) = network(&cloud, &b, "10.61.0.0/16", "10.61.1.0/24").await;
 
     // Another port of the subnet: a namespace workload with a static address.
     let ns = Netns(format!("{prefix}-peer"));
@@ -388,4 +391,32 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
         !result["missing"].as_array().unwrap().is_empty(),
         "{result}"
     );
+
+    // Leave the host as found: the agent removes the subnets' DHCP servers and bridges
+    // once their resources are gone (a killed agent would leave them behind).
+    let peer_id = peer["id"].as_str().unwrap();
+    for (token, path) in [
+        (&a, format!("/v1/ports/{peer_id}")),
+        (&a, format!("/v1/ports/{given_id}")),
+        (&b, format!("/v1/ports/{foreign_id}")),
+        (&a, format!("/v1/subnets/{subnet}")),
+        (&b, format!("/v1/subnets/{b_subnet}")),
+        (&a, format!("/v1/vpcs/{vpc}")),
+        (&b, format!("/v1/vpcs/{b_vpc}")),
+    ] {
+        let (s, e) = net(&cloud, token, Method::DELETE, &path, None).await;
+        assert!(s == 204 || s == 200, "{path}: {s} {e}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let namespaces = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).into_owned();
+        if !namespaces.contains(&format!("{prefix}d-")) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DHCP namespaces left: {namespaces}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
