@@ -79,7 +79,9 @@ pub fn ultracloud_binary() -> PathBuf {
 /// and each is claimed with a lock file held until this process exits.
 pub fn free_port(ip: Ipv4Addr) -> u16 {
     const RANGE: std::ops::Range<u16> = 20000..32000;
-    static CLAIMED: OnceLock<Mutex<(HashSet<(Ipv4Addr, u16)>, Vec<File>)>> = OnceLock::new();
+    /// Ports claimed by this process, and their lock files (held open until exit).
+    type Claims = (HashSet<(Ipv4Addr, u16)>, Vec<File>);
+    static CLAIMED: OnceLock<Mutex<Claims>> = OnceLock::new();
     let claimed = CLAIMED.get_or_init(Default::default);
     let dir = std::env::temp_dir().join("uc-testkit-ports");
     fs::create_dir_all(&dir).expect("create the port claim directory");
