@@ -420,6 +420,12 @@ fn up_prints_endpoints_as_json_and_honours_env_overrides() {
         .env("UC_FLAREDB__REST_PORT", free_port(ip).to_string())
         .env("UC_FLAREDB__PG_PORT", free_port(ip).to_string())
         .env("UC_FLAREDB__PEER_PORT", free_port(ip).to_string())
+        .env("UC_IAM__PORT", free_port(ip).to_string())
+        .env("UC_PRISMNET__PORT", free_port(ip).to_string())
+        .env("UC_CORONAFS__PORT", free_port(ip).to_string())
+        .env("UC_PLASMAVMC__PORT", free_port(ip).to_string())
+        .env("UC_PLASMAVMC_WORKER__PORT", free_port(ip).to_string())
+        .env("UC_PLASMAVMC_WORKER__ACCEL", "tcg")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -472,10 +478,16 @@ async fn tls_from_the_config_file() {
         format!(
             "[node]\nport = {port}\n[http.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\ntrusted_ca_file = \"{}\"\n\
              [chainfire]\nclient_port = {}\npeer_port = {}\nadmin_port = {}\n\
-             [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n[iam]\nport = {}\n",
+             [flaredb]\nrest_port = {}\npg_port = {}\npeer_port = {}\n[iam]\nport = {}\n\
+             [prismnet]\nport = {}\n[coronafs]\nport = {}\n[plasmavmc]\nport = {}\n\
+             [plasmavmc_worker]\nport = {}\naccel = \"tcg\"\n",
             cert.display(),
             key.display(),
             ca.display(),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
+            free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
             free_port(std::net::Ipv4Addr::LOCALHOST),
@@ -503,7 +515,8 @@ async fn tls_from_the_config_file() {
         .build()
         .unwrap();
     let url = format!("https://localhost:{port}/healthz");
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A hang guard, not a timing check: CI's 2 cores may be busy with emulated guests.
+    let deadline = Instant::now() + Duration::from_secs(120);
     let status = loop {
         if let Ok(r) = https.get(&url).send().await {
             break r.status();
