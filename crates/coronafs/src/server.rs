@@ -426,18 +426,14 @@ pub async fn start(
                 node_client: node_opts.clone(),
             },
         );
-        // flaredb may still be electing a leader right after start.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            match c.ping().await {
-                Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() < deadline => {
-                    tracing::debug!(error = %e, "coronafs store not ready; retrying");
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                }
-                Err(e) => return Err(StartError::Runtime(e.to_string())),
-            }
-        }
+        uc_runtime::shutdown::retry_transient(
+            "coronafs store",
+            Duration::from_secs(30),
+            |_| true,
+            || c.ping(),
+        )
+        .await
+        .map_err(|e| StartError::Runtime(e.to_string()))?;
         Some(c)
     } else {
         None
@@ -575,15 +571,13 @@ async fn heartbeat(
 }
 
 async fn reconcile_loop(c: Arc<Controller>, every: Duration, shutdown: Shutdown) {
-    loop {
-        tokio::select! {
-            _ = shutdown.wait() => return,
-            _ = tokio::time::sleep(every) => {}
-        }
-        if let Err(e) = c.reconcile().await {
-            tracing::debug!(error = %e, "reconcile pass failed");
-        }
-    }
+    shutdown
+        .every(every, || async {
+            if let Err(e) = c.reconcile().await {
+                tracing::debug!(error = %e, "reconcile pass failed");
+            }
+        })
+        .await
 }
 
 impl From<CoronafsError> for StartError {

@@ -744,18 +744,14 @@ pub async fn start(
         login_failures_per_minute: config.login_failures_per_minute.max(1),
     };
     let iam = Arc::new(Iam::new(db, master, settings));
-    // flaredb may still be electing a leader right after start: retry for a while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match iam.init(seed).await {
-            Ok(()) => break,
-            Err(IamError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %m, "iam store not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(StartError::Runtime(e.to_string())),
-        }
-    }
+    uc_runtime::shutdown::retry_transient(
+        "iam store",
+        Duration::from_secs(30),
+        |e| matches!(e, IamError::Unavailable(_)),
+        || iam.init(seed),
+    )
+    .await
+    .map_err(|e| StartError::Runtime(e.to_string()))?;
     let auth = Arc::new(IamAuthenticator {
         iam: iam.clone(),
         admin: uc_runtime::auth::StaticTokenAuthenticator::admin(ctx.service_token.clone()),
@@ -775,16 +771,13 @@ pub async fn start(
         let iam = iam.clone();
         let shutdown = shutdown.clone();
         async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(5)) => {
-                        if let Err(e) = iam.reload_keys().await {
-                            tracing::warn!(error = %e, "cannot reload signing keys");
-                        }
+            shutdown
+                .every(Duration::from_secs(5), || async {
+                    if let Err(e) = iam.reload_keys().await {
+                        tracing::warn!(error = %e, "cannot reload signing keys");
                     }
-                }
-            }
+                })
+                .await
         }
     };
     let task = tokio::spawn(async move {

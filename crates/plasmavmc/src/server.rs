@@ -533,18 +533,14 @@ pub async fn start(
         ctx.service_token.clone(),
         options,
     ));
-    // flaredb may still be electing a leader right after start: retry for a while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match service.init().await {
-            Ok(()) => break,
-            Err(VmError::Unavailable(m)) if tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %m, "plasmavmc store not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(StartError::Runtime(e.to_string())),
-        }
-    }
+    uc_runtime::shutdown::retry_transient(
+        "plasmavmc store",
+        Duration::from_secs(30),
+        |e| matches!(e, VmError::Unavailable(_)),
+        || service.init(),
+    )
+    .await
+    .map_err(|e| StartError::Runtime(e.to_string()))?;
     let server = HttpServer::new("plasmavmc", ctx.http.clone(), ctx.tenant_auth.clone())
         .api(api_routes(service.clone()))
         .openapi(PlasmavmcApi::openapi())
@@ -559,16 +555,16 @@ pub async fn start(
         let service = service.clone();
         let shutdown = shutdown.clone();
         async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(30)) => {
-                        if let Err(e) = service.reap_abandoned_creates(Duration::from_secs(300)).await {
-                            tracing::debug!(error = %e, "cannot reap abandoned creates");
-                        }
+            shutdown
+                .every(Duration::from_secs(30), || async {
+                    if let Err(e) = service
+                        .reap_abandoned_creates(Duration::from_secs(300))
+                        .await
+                    {
+                        tracing::debug!(error = %e, "cannot reap abandoned creates");
                     }
-                }
-            }
+                })
+                .await
         }
     };
     let task = tokio::spawn(async move {

@@ -746,18 +746,14 @@ pub async fn start(
         .clone()
         .unwrap_or_else(|| ctx.node_name.clone());
     let service = Arc::new(Prismnet::new(db, router_host));
-    // flaredb may still be electing a leader right after start: retry for a while.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        match service.init().await {
-            Ok(()) => break,
-            Err(e) if e.status.is_server_error() && tokio::time::Instant::now() < deadline => {
-                tracing::debug!(error = %e, "prismnet store not ready; retrying");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(StartError::Runtime(e.to_string())),
-        }
-    }
+    uc_runtime::shutdown::retry_transient(
+        "prismnet store",
+        Duration::from_secs(30),
+        |e: &ApiError| e.status.is_server_error(),
+        || service.init(),
+    )
+    .await
+    .map_err(|e| StartError::Runtime(e.to_string()))?;
     let server = HttpServer::new("prismnet", ctx.http.clone(), ctx.tenant_auth.clone())
         .api(routes(service.clone()))
         .openapi(PrismnetApi::openapi())
@@ -772,16 +768,13 @@ pub async fn start(
         let service = service.clone();
         let shutdown = shutdown.clone();
         async move {
-            loop {
-                tokio::select! {
-                    _ = shutdown.wait() => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                        if let Err(e) = service.refresh_revision().await {
-                            tracing::debug!(error = %e, "cannot read the model revision");
-                        }
+            shutdown
+                .every(Duration::from_secs(1), || async {
+                    if let Err(e) = service.refresh_revision().await {
+                        tracing::debug!(error = %e, "cannot read the model revision");
                     }
-                }
-            }
+                })
+                .await
         }
     };
     let task = tokio::spawn(async move {

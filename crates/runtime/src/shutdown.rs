@@ -1,5 +1,7 @@
 //! Process shutdown: one token every server and background task watches.
 
+use std::time::Duration;
+
 use tokio_util::sync::CancellationToken;
 
 /// A cloneable shutdown signal. Servers stop accepting when it fires and finish in-flight
@@ -49,5 +51,46 @@ impl Shutdown {
     /// Completes when shutdown is triggered.
     pub async fn wait(&self) {
         self.0.cancelled().await
+    }
+
+    /// Runs `tick` every `period` (first after one period) until shutdown: a component's
+    /// background upkeep (key reloads, reapers, reconcilers). A tick in progress finishes.
+    pub async fn every<F, Fut>(&self, period: Duration, mut tick: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = ()>,
+    {
+        loop {
+            tokio::select! {
+                _ = self.wait() => return,
+                _ = tokio::time::sleep(period) => tick().await,
+            }
+        }
+    }
+}
+
+/// Retries `attempt` every 200 ms while it fails with an error `transient` accepts, for at
+/// most `for_at_most`; then returns the last error. For a component's first call to its
+/// store: flaredb may still be electing a leader right after the node starts.
+pub async fn retry_transient<T, E, F, Fut>(
+    what: &str,
+    for_at_most: Duration,
+    transient: impl Fn(&E) -> bool,
+    mut attempt: F,
+) -> Result<T, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + for_at_most;
+    loop {
+        match attempt().await {
+            Err(e) if transient(&e) && tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "{what} not ready; retrying");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            result => return result,
+        }
     }
 }
