@@ -312,15 +312,28 @@ pub fn nocloud_seed(
     user_data: &str,
     network_config: Option<&str>,
 ) -> Result<PathBuf, GuestError> {
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+    // User-data often carries credentials: the staging files and the image are the
+    // owner's only (0700/0600); QEMU runs as the same user.
     let staging = dir.join("seed-files");
     let _ = std::fs::remove_dir_all(&staging);
-    std::fs::create_dir_all(&staging)?;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)?;
     std::fs::write(staging.join("meta-data"), meta_data)?;
     std::fs::write(staging.join("user-data"), user_data)?;
     if let Some(net) = network_config {
         std::fs::write(staging.join("network-config"), net)?;
     }
     let iso = dir.join("seed.iso");
+    // Created 0600 before genisoimage writes into it.
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&iso)?;
     let out = Command::new("genisoimage")
         .arg("-output")
         .arg(&iso)
@@ -329,6 +342,7 @@ pub fn nocloud_seed(
         .output()
         .map_err(|e| GuestError::Missing(format!("genisoimage: {e} (install genisoimage)")))?;
     let _ = std::fs::remove_dir_all(&staging);
+    std::fs::set_permissions(&iso, std::fs::Permissions::from_mode(0o600))?;
     if !out.status.success() {
         return Err(GuestError::Tool(format!(
             "genisoimage failed: {}",
@@ -564,6 +578,17 @@ poweroff -f
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_seed_holding_user_data_is_private() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let iso =
+            nocloud_seed(dir.path(), "instance-id: x\n", "password: hunter2\n", None).unwrap();
+        let mode = std::fs::metadata(&iso).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{mode:o}");
+        assert!(!dir.path().join("seed-files").exists());
+    }
 
     #[test]
     fn modules_come_after_their_dependencies() {
