@@ -31,6 +31,14 @@ impl SecretPaths {
             dir,
         }
     }
+
+    /// A component's flaredb namespace password: the configured file, else
+    /// `secrets/<component>-flaredb-password` (which `up` creates with the namespace).
+    pub fn service_password(&self, configured: &Option<PathBuf>, component: &str) -> PathBuf {
+        configured
+            .clone()
+            .unwrap_or_else(|| self.dir.join(format!("{component}-flaredb-password")))
+    }
 }
 
 /// Creates a directory (and parents) with mode 0700 if missing; an existing one must not be

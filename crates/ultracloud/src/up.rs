@@ -43,6 +43,30 @@ struct Started {
     _lock: DirLock,
 }
 
+impl Started {
+    /// A component with one HTTP endpoint whose health is `<url>/healthz`.
+    fn http(
+        name: &'static str,
+        label: &str,
+        url: String,
+        readiness: uc_runtime::http::Readiness,
+        task: tokio::task::JoinHandle<()>,
+        lock: DirLock,
+    ) -> Self {
+        Self {
+            name,
+            readiness,
+            health: vec![(label.to_owned(), format!("{url}/healthz"))],
+            endpoints: vec![Endpoint {
+                component: label.to_owned(),
+                url,
+            }],
+            task,
+            _lock: lock,
+        }
+    }
+}
+
 async fn start_chainfire(
     cfg: &NodeConfig,
     ctx: &uc_runtime::NodeContext,
@@ -131,11 +155,7 @@ async fn ensure_iam_namespace(
     flaredb: &Started,
     paths: &SecretPaths,
 ) -> Result<(), Failure> {
-    let password_file = cfg
-        .iam
-        .flaredb_password_file
-        .clone()
-        .unwrap_or_else(|| paths.dir.join("iam-flaredb-password"));
+    let password_file = paths.service_password(&cfg.iam.flaredb_password_file, "iam");
     ensure_service_namespace(
         ctx,
         flaredb,
@@ -210,17 +230,14 @@ async fn start_iam(
             iam::server::StartError::Config(m) => Failure::Config(m),
             iam::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
         })?;
-    Ok(Started {
-        name: "iam",
-        readiness: running.readiness.clone(),
-        endpoints: vec![Endpoint {
-            component: "iam".into(),
-            url: running.url.clone(),
-        }],
-        health: vec![("iam".into(), format!("{}/healthz", running.url))],
-        task: running.task,
-        _lock: DirLock::acquire(&ctx.component_dir("iam"))?,
-    })
+    Ok(Started::http(
+        "iam",
+        "iam",
+        running.url,
+        running.readiness,
+        running.task,
+        DirLock::acquire(&ctx.component_dir("iam"))?,
+    ))
 }
 
 /// coronafs under `up`: its namespace first (when it runs the controller), then both roles.
@@ -232,11 +249,7 @@ async fn start_coronafs(
     paths: &SecretPaths,
 ) -> Result<Started, Failure> {
     if cfg.coronafs.controller {
-        let password_file = cfg
-            .coronafs
-            .flaredb_password_file
-            .clone()
-            .unwrap_or_else(|| paths.dir.join("coronafs-flaredb-password"));
+        let password_file = paths.service_password(&cfg.coronafs.flaredb_password_file, "coronafs");
         ensure_service_namespace(
             ctx,
             flaredb,
@@ -266,17 +279,14 @@ async fn start_coronafs_with(
             coronafs::server::StartError::Config(m) => Failure::Config(m),
             coronafs::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
         })?;
-    Ok(Started {
-        name: "coronafs",
-        readiness: running.readiness.clone(),
-        endpoints: vec![Endpoint {
-            component: "coronafs".into(),
-            url: running.url.clone(),
-        }],
-        health: vec![("coronafs".into(), format!("{}/healthz", running.url))],
-        task: running.task,
-        _lock: lock,
-    })
+    Ok(Started::http(
+        "coronafs",
+        "coronafs",
+        running.url,
+        running.readiness,
+        running.task,
+        lock,
+    ))
 }
 
 /// prismnet under `up`: its namespace first, then the API.
@@ -287,11 +297,7 @@ async fn start_prismnet(
     flaredb: &Started,
     paths: &SecretPaths,
 ) -> Result<Started, Failure> {
-    let password_file = cfg
-        .prismnet
-        .flaredb_password_file
-        .clone()
-        .unwrap_or_else(|| paths.dir.join("prismnet-flaredb-password"));
+    let password_file = paths.service_password(&cfg.prismnet.flaredb_password_file, "prismnet");
     ensure_service_namespace(
         ctx,
         flaredb,
@@ -320,17 +326,14 @@ async fn start_prismnet_with(
             prismnet::server::StartError::Config(m) => Failure::Config(m),
             prismnet::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
         })?;
-    Ok(Started {
-        name: "prismnet",
-        readiness: running.readiness.clone(),
-        endpoints: vec![Endpoint {
-            component: "prismnet".into(),
-            url: running.url.clone(),
-        }],
-        health: vec![("prismnet".into(), format!("{}/healthz", running.url))],
-        task: running.task,
-        _lock: lock,
-    })
+    Ok(Started::http(
+        "prismnet",
+        "prismnet",
+        running.url,
+        running.readiness,
+        running.task,
+        lock,
+    ))
 }
 
 /// The host network agent (`[prismnet_agent]`), talking to `default_api` unless configured
@@ -382,11 +385,7 @@ async fn with_plasmavmc(
     paths: &SecretPaths,
     mut started: Vec<Started>,
 ) -> Result<Vec<Started>, Failure> {
-    let password_file = cfg
-        .plasmavmc
-        .flaredb_password_file
-        .clone()
-        .unwrap_or_else(|| paths.dir.join("plasmavmc-flaredb-password"));
+    let password_file = paths.service_password(&cfg.plasmavmc.flaredb_password_file, "plasmavmc");
     let flaredb = started
         .iter()
         .find(|s| s.name == "flaredb")
@@ -430,17 +429,14 @@ async fn start_plasmavmc(
             plasmavmc::server::StartError::Config(m) => Failure::Config(m),
             plasmavmc::server::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
         })?;
-    Ok(Started {
-        name: "plasmavmc",
-        readiness: running.readiness.clone(),
-        endpoints: vec![Endpoint {
-            component: "plasmavmc".into(),
-            url: running.url.clone(),
-        }],
-        health: vec![("plasmavmc".into(), format!("{}/healthz", running.url))],
-        task: running.task,
-        _lock: lock,
-    })
+    Ok(Started::http(
+        "plasmavmc",
+        "plasmavmc",
+        running.url,
+        running.readiness,
+        running.task,
+        lock,
+    ))
 }
 
 async fn start_plasmavmc_worker(
@@ -467,20 +463,14 @@ async fn start_plasmavmc_worker(
         plasmavmc::worker::StartError::Config(m) => Failure::Config(m),
         plasmavmc::worker::StartError::Runtime(m) => Failure::Runtime(anyhow::anyhow!(m)),
     })?;
-    Ok(Started {
-        name: "plasmavmc-worker",
-        readiness: running.readiness.clone(),
-        endpoints: vec![Endpoint {
-            component: "plasmavmc worker".into(),
-            url: running.url.clone(),
-        }],
-        health: vec![(
-            "plasmavmc worker".into(),
-            format!("{}/healthz", running.url),
-        )],
-        task: running.task,
-        _lock: lock,
-    })
+    Ok(Started::http(
+        "plasmavmc-worker",
+        "plasmavmc worker",
+        running.url,
+        running.readiness,
+        running.task,
+        lock,
+    ))
 }
 
 /// The node's own flaredb REST URL.
