@@ -1,7 +1,9 @@
 //! VM NICs through prismnet's API (`/v1/ports`): the control plane checks or creates a VM's
 //! ports (with the caller's own token, so a foreign tenant's port is simply "not found"), and
 //! deletes or releases them with the VM; workers bind a port to their host as a `tap`, wait
-//! for the agent to make it `active`, and unbind it when the VM leaves.
+//! for the agent to make it `active`, and unbind it when the VM leaves. A live migration's
+//! destination gets the port's second tap (its migration binding) while the source keeps
+//! the first; the control plane activates it once the VM runs on the destination.
 //!
 //! Everything goes through prismnet's typed client ([`PrismnetClient`]).
 
@@ -235,6 +237,68 @@ impl Network {
             .await
             .map_err(|e| classify(&format!("port {port_id}"), e))?;
         Ok(())
+    }
+
+    /// Sets up the port's second tap on `host` for a live migration (its migration binding;
+    /// no-op when already there).
+    pub async fn bind_migration_target(&self, port_id: &str, host: &str) -> Result<(), NetError> {
+        self.service
+            .set_port_migration(port_id, host)
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(&format!("port {port_id}"), e))
+    }
+
+    /// Drops the port's migration binding (gone already is fine).
+    pub async fn cancel_migration(&self, port_id: &str) -> Result<(), NetError> {
+        match self.service.cancel_port_migration(port_id).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.status() == Some(404) => Ok(()),
+            Err(e) => Err(classify(&format!("port {port_id}"), e)),
+        }
+    }
+
+    /// The migration binding becomes the port's binding: the destination's tap carries the
+    /// port from now on and the source's tap is removed.
+    pub async fn activate_migration(&self, port_id: &str) -> Result<Port, NetError> {
+        self.service
+            .activate_port_migration(port_id)
+            .await
+            .map_err(|e| classify(&format!("port {port_id}"), e))
+    }
+
+    /// Waits until the port's migration binding on `host` is ready; its tap name.
+    pub async fn wait_migration_target(
+        &self,
+        port_id: &str,
+        host: &str,
+        timeout: std::time::Duration,
+    ) -> Result<String, NetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let port = self.get_port(port_id).await?;
+            let status = match &port.migration {
+                Some(m) if m.host == host => {
+                    if m.status == "active"
+                        && let Some(device) = &m.device
+                    {
+                        return Ok(device.clone());
+                    }
+                    m.status.clone()
+                }
+                _ => {
+                    return Err(NetError::Conflict(format!(
+                        "port {port_id} has no migration binding on host {host}"
+                    )));
+                }
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return Err(NetError::Unavailable(format!(
+                    "port {port_id}'s migration tap did not become active on host {host} (status {status})"
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until the port's device on `host` is ready; its tap name.

@@ -1487,12 +1487,10 @@ impl Plasmavmc {
         };
         let source = self.find_worker(&current.vm.worker).await?;
         let dest = self.find_worker(&target.name).await?;
-        if !current.vm.nics.is_empty() && source.host == dest.host {
-            // One host has one tap per port, and the source QEMU holds it open.
-            return Err(VmError::Invalid(format!(
-                "workers {} and {} share network host {}: a VM with NICs migrates only between network hosts",
-                source.name, dest.name, source.host
-            )));
+        if !current.vm.nics.is_empty() && self.net.is_none() {
+            return Err(VmError::Unavailable(
+                "the VM has NICs but the control plane has no prismnet".into(),
+            ));
         }
         // Reserve room on the target and mark the VM migrating (one atomic statement).
         let mut rec = current.clone();
@@ -1517,6 +1515,17 @@ impl Plasmavmc {
         )
         .await;
         let outcome = self.run_migration(&rec, &source, &dest).await;
+        let mut port_error = None;
+        if outcome.is_ok() {
+            // The VM runs on the destination now (the source QEMU cannot resume): its second
+            // taps become the ports' taps and the source's are removed. A failure here does
+            // not undo the migration; it is kept as the VM's error.
+            if let Err(e) = self.activate_ports(&rec).await {
+                tracing::warn!(vm = id, error = %e, "ports not switched after migration");
+                self.event(id, "migrate_ports_failed", &e.to_string()).await;
+                port_error = Some(format!("after migration: {e}"));
+            }
+        }
         // Whatever happened, the record must end consistent: on the destination when QEMU
         // moved, on the source otherwise.
         for _ in 0..8 {
@@ -1528,7 +1537,7 @@ impl Plasmavmc {
             match &outcome {
                 Ok(()) => {
                     now_rec.vm.worker = dest.name.clone();
-                    now_rec.vm.error = None;
+                    now_rec.vm.error = port_error.clone();
                 }
                 Err(e) => now_rec.vm.error = Some(format!("migration failed: {e}")),
             }
@@ -1558,9 +1567,43 @@ impl Plasmavmc {
                 let _ = dst
                     .post_no_content(&format!("/v1/vms/{id}/migration/abort"))
                     .await;
+                // The destination drops its second taps on abort; also when it is unreachable.
+                if let Some(net) = &self.net {
+                    for nic in &rec.vm.nics {
+                        if let Err(e) = net.cancel_migration(&nic.port_id).await {
+                            tracing::warn!(vm = id, port = %nic.port_id, error = %e, "cannot drop a migration binding");
+                        }
+                    }
+                }
                 Err(e)
             }
         }
+    }
+
+    async fn activate_ports(&self, rec: &VmRecord) -> Result<()> {
+        let Some(net) = &self.net else {
+            return Ok(());
+        };
+        for nic in &rec.vm.nics {
+            let mut attempt = 0;
+            loop {
+                match net.activate_migration(&nic.port_id).await {
+                    Ok(_) => break,
+                    Err(NetError::Unavailable(e)) if attempt < 20 => {
+                        tracing::debug!(port = %nic.port_id, error = %e, "switching port; retrying");
+                        attempt += 1;
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                    Err(e) => {
+                        return Err(VmError::Unavailable(format!(
+                            "switch port {}: {e}",
+                            nic.port_id
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 
     async fn run_migration(&self, rec: &VmRecord, source: &Worker, dest: &Worker) -> Result<()> {

@@ -57,6 +57,15 @@ pub struct Defaults {
 
 /// How long a NIC may take to become active on this host.
 const PORT_READY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a VM's NICs get their taps on this worker.
+#[derive(Debug, Clone, Copy)]
+enum NicBinding {
+    /// The ports are bound to this host (a start).
+    Bind,
+    /// Each port's second tap next to the source's (an incoming live migration).
+    MigrationTarget,
+}
 const CONSOLE_MAX: usize = 1024 * 1024;
 
 struct Agent {
@@ -429,15 +438,7 @@ impl Agent {
 
     /// Detaches the VM's volumes from this worker and unbinds its ports from this host.
     async fn release(&self, a: &Assignment) {
-        if let Some(volumes) = &self.volumes {
-            for v in &a.vm.volumes {
-                if let Err(e) = volumes.detach(&v.volume_id, &self.name).await
-                    && e.status() != Some(404)
-                {
-                    tracing::warn!(vm = %a.vm.id, volume = %v.volume_id, error = %e, "detach failed");
-                }
-            }
-        }
+        self.detach_volumes(&a.vm).await;
         if let Some(net) = &self.net {
             for nic in &a.vm.nics {
                 if let Err(e) = net.unbind(&nic.port_id, &self.host).await {
@@ -447,8 +448,62 @@ impl Agent {
         }
     }
 
+    async fn detach_volumes(&self, vm: &Vm) {
+        if let Some(volumes) = &self.volumes {
+            for v in &vm.volumes {
+                if let Err(e) = volumes.detach(&v.volume_id, &self.name).await
+                    && e.status() != Some(404)
+                {
+                    tracing::warn!(vm = %vm.id, volume = %v.volume_id, error = %e, "detach failed");
+                }
+            }
+        }
+    }
+
+    /// The destination's side of a failed migration: its volume attachments and its second
+    /// taps go; the source keeps the VM, its binding and its taps.
+    async fn release_incoming(&self, vm: &Vm) {
+        self.detach_volumes(vm).await;
+        if let Some(net) = &self.net {
+            for nic in &vm.nics {
+                if let Err(e) = net.cancel_migration(&nic.port_id).await {
+                    tracing::warn!(vm = %vm.id, port = %nic.port_id, error = %e, "cannot drop the migration binding");
+                }
+            }
+        }
+    }
+
+    /// A NIC's tap on this host: the port bound here, or (for an incoming migration) the
+    /// port's second tap next to the source's.
+    async fn nic_tap(&self, port_id: &str, nics: NicBinding) -> Result<String, String> {
+        let net = self
+            .net
+            .as_ref()
+            .ok_or("the VM has NICs but this worker has no prismnet")?;
+        match nics {
+            NicBinding::Bind => {
+                net.bind_tap(port_id, &self.host)
+                    .await
+                    .map_err(|e| format!("bind port {port_id}: {e}"))?;
+                let port = net
+                    .wait_active(port_id, &self.host, PORT_READY_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                Ok(port.device.unwrap_or_default())
+            }
+            NicBinding::MigrationTarget => {
+                net.bind_migration_target(port_id, &self.host)
+                    .await
+                    .map_err(|e| format!("migration tap for port {port_id}: {e}"))?;
+                net.wait_migration_target(port_id, &self.host, PORT_READY_TIMEOUT)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
+
     /// Builds the VM's spec: volumes attached, NICs bound, seed written, boot files local.
-    async fn spec(&self, a: &Assignment) -> Result<VmSpec, String> {
+    async fn spec(&self, a: &Assignment, nic_binding: NicBinding) -> Result<VmSpec, String> {
         let vm = &a.vm;
         let mut disks = Vec::new();
         if !vm.volumes.is_empty() {
@@ -486,29 +541,16 @@ impl Agent {
         }
         let mut nics = Vec::new();
         let mut network_config = String::from("version: 2\nethernets:\n");
-        if !vm.nics.is_empty() {
-            let net = self
-                .net
-                .as_ref()
-                .ok_or("the VM has NICs but this worker has no prismnet")?;
-            for (i, nic) in vm.nics.iter().enumerate() {
-                net.bind_tap(&nic.port_id, &self.host)
-                    .await
-                    .map_err(|e| format!("bind port {}: {e}", nic.port_id))?;
-                let port = net
-                    .wait_active(&nic.port_id, &self.host, PORT_READY_TIMEOUT)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let tap = port.device.clone().unwrap_or_default();
-                nics.push(NicSpec {
-                    tap,
-                    mac: port.mac.clone(),
-                });
-                network_config.push_str(&format!(
-                    "  nic{i}:\n    match:\n      macaddress: \"{}\"\n    dhcp4: true\n",
-                    port.mac
-                ));
-            }
+        for (i, nic) in vm.nics.iter().enumerate() {
+            let tap = self.nic_tap(&nic.port_id, nic_binding).await?;
+            nics.push(NicSpec {
+                tap,
+                mac: nic.mac.clone(),
+            });
+            network_config.push_str(&format!(
+                "  nic{i}:\n    match:\n      macaddress: \"{}\"\n    dhcp4: true\n",
+                nic.mac
+            ));
         }
         let seed_dir = self.seed_dir(&vm.id);
         tokio::fs::create_dir_all(&seed_dir)
@@ -567,7 +609,7 @@ impl Agent {
     }
 
     async fn launch(&self, a: &Assignment) -> Result<(), String> {
-        let spec = self.spec(a).await?;
+        let spec = self.spec(a, NicBinding::Bind).await?;
         self.hv
             .start(&spec)
             .await
@@ -617,7 +659,7 @@ impl Agent {
     async fn incoming(&self, a: &Assignment) -> Result<String, String> {
         let id = &a.vm.id;
         lock(&self.migrating).insert(id.clone());
-        let mut spec = self.spec(a).await?;
+        let mut spec = self.spec(a, NicBinding::MigrationTarget).await?;
         spec.accel = self.accel;
         // A free port for QEMU's migration listener.
         let listener = std::net::TcpListener::bind((self.migration_address.as_str(), 0))
@@ -710,7 +752,7 @@ async fn incoming(
         Err(e) => {
             let _ = agent.hv.kill(&id).await;
             let _ = agent.hv.remove(&id).await;
-            agent.release(&req.assignment).await;
+            agent.release_incoming(&req.assignment.vm).await;
             lock(&agent.migrating).remove(&id);
             Err(ApiError::unavailable(e))
         }
@@ -753,6 +795,9 @@ async fn migration_abort(
     if lock(&agent.migrating).remove(&id) {
         let _ = agent.hv.kill(&id).await;
         let _ = agent.hv.remove(&id).await;
+        if let Ok(vm) = agent.cp.get_vm(&id).await {
+            agent.release_incoming(&vm).await;
+        }
     }
     Ok(StatusCode::NO_CONTENT)
 }

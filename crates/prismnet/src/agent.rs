@@ -51,8 +51,18 @@ pub fn port_device(port_id: &str, attachment: &Attachment) -> Option<String> {
     let id = names::id10(port_id)?;
     Some(match attachment {
         Attachment::Tap => names::device(names::TAP, &id),
+        Attachment::TapAlternate => names::device(names::TAP_ALTERNATE, &id),
         Attachment::Netns { .. } => names::device(names::PORT_VETH, &id),
     })
+}
+
+/// A port's binding and its migration binding are reported apart.
+fn reported_key(s: &PortStatus) -> String {
+    if s.migration {
+        format!("{}/migration", s.port_id)
+    } else {
+        s.port_id.clone()
+    }
 }
 
 impl Agent {
@@ -223,19 +233,31 @@ impl Agent {
         reported: &mut HashMap<String, PortStatus>,
     ) {
         let mut changes = Vec::new();
+        let mut in_plan = std::collections::HashSet::new();
         for port in plan.networks.iter().flat_map(|n| n.ports.iter()) {
-            let ready = report.ports_ready.contains(&port.port_id);
+            let ready = if port.migration_target {
+                &report.migration_targets_ready
+            } else {
+                &report.ports_ready
+            }
+            .contains(&port.port_id);
             let status = PortStatus {
                 port_id: port.port_id.clone(),
                 status: if ready { "active" } else { "down" }.into(),
                 device: ready
                     .then(|| port_device(&port.port_id, &port.attachment))
                     .flatten(),
+                migration: port.migration_target,
             };
-            if reported.get(&port.port_id) != Some(&status) {
+            let key = reported_key(&status);
+            if reported.get(&key) != Some(&status) {
                 changes.push(status);
             }
+            in_plan.insert(key);
         }
+        // A port that left this host and comes back is reported afresh (its binding's
+        // status was reset to `down` in between).
+        reported.retain(|k, _| in_plan.contains(k));
         if changes.is_empty() {
             return;
         }
@@ -251,7 +273,7 @@ impl Agent {
         {
             Ok(()) => {
                 for c in changes {
-                    reported.insert(c.port_id.clone(), c);
+                    reported.insert(reported_key(&c), c);
                 }
             }
             Err(e) => tracing::warn!(error = %e, "cannot report port status"),

@@ -112,8 +112,27 @@ pub struct Port {
     pub status: String,
     /// The host-side device (tap or veth) the agent created.
     pub device: Option<String>,
+    /// The destination's binding while a live migration moves the port's VM (see
+    /// `PUT /v1/ports/{id}/migration`).
+    pub migration: Option<MigrationBinding>,
     pub created_at: i64,
     pub version: i64,
+}
+
+/// A port's second, inactive binding during a live migration: the destination host's agent
+/// creates a second tap for the port (under the other of the two tap names, so source and
+/// destination may share a host) with the same MAC, addresses and security groups, and
+/// reports it like a port. `POST /v1/ports/{id}/migration/activate` makes it the port's
+/// binding and removes the source's device; `DELETE` drops it.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq)]
+pub struct MigrationBinding {
+    pub host: String,
+    /// Always `tap`: only VMs migrate.
+    pub attachment: String,
+    /// `down` until the destination's agent reports the device ready, then `active`.
+    pub status: String,
+    pub device: Option<String>,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -371,6 +390,9 @@ pub struct PortStatus {
     /// `active` or `down`.
     pub status: String,
     pub device: Option<String>,
+    /// The port's migration binding on the reporting host, not its binding.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migration: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, Default)]

@@ -99,6 +99,30 @@ impl PrismnetClient {
         self.put(&format!("/v1/ports/{id}"), req).await
     }
 
+    /// Sets up the port's migration binding on `host` (its second tap, for a live migration).
+    pub async fn set_port_migration(&self, id: &str, host: &str) -> Result<Port, ClientError> {
+        let binding = Binding {
+            host: host.into(),
+            attachment: "tap".into(),
+        };
+        self.put(&format!("/v1/ports/{id}/migration"), &binding)
+            .await
+    }
+
+    pub async fn cancel_port_migration(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/ports/{id}/migration")).await
+    }
+
+    /// The migration binding becomes the port's binding.
+    pub async fn activate_port_migration(&self, id: &str) -> Result<Port, ClientError> {
+        self.api
+            .post(
+                &format!("/v1/ports/{id}/migration/activate"),
+                &serde_json::json!({}),
+            )
+            .await
+    }
+
     /// A VIP from a service pool (fiberlb).
     pub async fn allocate_vip(
         &self,

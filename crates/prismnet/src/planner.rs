@@ -9,7 +9,7 @@ use std::net::Ipv4Addr;
 
 use crate::dataplane::plan::*;
 use crate::net::{Cidr, derived_mac};
-use crate::store::{PortRow, Snapshot};
+use crate::store::{PortMigrationRow, PortRow, Snapshot};
 
 /// Lease time handed to DHCP clients.
 pub const LEASE_SECS: u32 = 3600;
@@ -23,8 +23,10 @@ pub fn dhcp_server_mac(subnet_id: &str) -> String {
 }
 
 pub fn attachment(text: &str) -> Option<Attachment> {
-    if text == "tap" {
-        return Some(Attachment::Tap);
+    match text {
+        crate::service::TAP => return Some(Attachment::Tap),
+        crate::service::TAP_ALTERNATE => return Some(Attachment::TapAlternate),
+        _ => {}
     }
     text.strip_prefix("netns:").map(|ns| Attachment::Netns {
         netns: ns.to_owned(),
@@ -80,6 +82,25 @@ pub fn host_plan(s: &Snapshot, host: &str) -> HostPlan {
                 .push((h, p.mac.clone()));
         }
     }
+    // A migration's destination host has the subnet too; the MAC stays where the port is
+    // bound until the migration binding is activated.
+    let bound: HashMap<&str, &PortRow> = s
+        .ports
+        .iter()
+        .filter(|p| p.host.is_some())
+        .map(|p| (p.id.as_str(), p))
+        .collect();
+    let migrations: Vec<(&PortRow, &PortMigrationRow)> = s
+        .migrations
+        .iter()
+        .filter_map(|m| Some((*bound.get(m.port_id.as_str())?, m)))
+        .collect();
+    for (p, m) in &migrations {
+        subnet_hosts
+            .entry(&p.subnet_id)
+            .or_default()
+            .insert(&m.host);
+    }
     for i in &s.ifaces {
         if let Some(h) = router_host.get(i.router_id.as_str()) {
             subnet_hosts.entry(&i.subnet_id).or_default().insert(h);
@@ -96,21 +117,30 @@ pub fn host_plan(s: &Snapshot, host: &str) -> HostPlan {
         if !hosts.contains(host) {
             continue;
         }
-        let local: Vec<&PortRow> = s
+        // (port, attachment, migration target)
+        let local: Vec<(&PortRow, &str, bool)> = s
             .ports
             .iter()
             .filter(|p| p.subnet_id == subnet.id && p.host.as_deref() == Some(host))
+            .filter_map(|p| Some((p, p.attachment.as_deref()?, false)))
+            .chain(
+                migrations
+                    .iter()
+                    .filter(|(p, m)| p.subnet_id == subnet.id && m.host == host)
+                    .map(|(p, m)| (*p, m.attachment.as_str(), true)),
+            )
             .collect();
         let ports: Vec<PortPlan> = local
             .iter()
-            .filter_map(|p| {
+            .filter_map(|(p, a, migration_target)| {
                 Some(PortPlan {
                     port_id: p.id.clone(),
                     mac: p.mac.clone(),
                     ips: ips(p),
-                    attachment: attachment(p.attachment.as_deref()?)?,
+                    attachment: attachment(a)?,
                     security_groups: groups_of.get(p.id.as_str()).cloned().unwrap_or_default(),
                     port_security: p.port_security != 0,
+                    migration_target: *migration_target,
                 })
             })
             .collect();
@@ -126,7 +156,11 @@ pub fn host_plan(s: &Snapshot, host: &str) -> HostPlan {
                 lease_secs: LEASE_SECS,
                 hosts: local
                     .iter()
-                    .filter_map(|p| {
+                    .filter(|(p, _, migration_target)| {
+                        // One lease per MAC when both ends of a migration are here.
+                        !migration_target || p.host.as_deref() != Some(host)
+                    })
+                    .filter_map(|(p, _, _)| {
                         Some(DhcpHost {
                             mac: p.mac.clone(),
                             ip: *ips(p).first()?,

@@ -225,6 +225,36 @@ async fn delete_port(
     NO_CONTENT
 }
 
+#[utoipa::path(put, path = "/v1/ports/{id}/migration", params(("id" = String, Path)), request_body = Binding,
+    responses((status = 200, body = Port), (status = 400, body = uc_runtime::ErrorBody), (status = 409, body = uc_runtime::ErrorBody)), security(("bearer" = [])))]
+async fn set_port_migration(
+    State(p): S,
+    c: Caller,
+    Path(id): Path<String>,
+    Json(r): Json<Binding>,
+) -> Answer<Port> {
+    let s = scope(&c, "prismnet.port.update")?;
+    Ok(Json(p.set_port_migration(&s, &id, r).await?))
+}
+
+#[utoipa::path(delete, path = "/v1/ports/{id}/migration", params(("id" = String, Path)), responses((status = 204)), security(("bearer" = [])))]
+async fn cancel_port_migration(
+    State(p): S,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let s = scope(&c, "prismnet.port.update")?;
+    p.cancel_port_migration(&s, &id).await?;
+    NO_CONTENT
+}
+
+#[utoipa::path(post, path = "/v1/ports/{id}/migration/activate", params(("id" = String, Path)),
+    responses((status = 200, body = Port), (status = 409, body = uc_runtime::ErrorBody)), security(("bearer" = [])))]
+async fn activate_port_migration(State(p): S, c: Caller, Path(id): Path<String>) -> Answer<Port> {
+    let s = scope(&c, "prismnet.port.update")?;
+    Ok(Json(p.activate_port_migration(&s, &id).await?))
+}
+
 // ---- security groups
 
 #[utoipa::path(post, path = "/v1/security-groups", request_body = CreateSecurityGroup, params(("Idempotency-Key" = Option<String>, Header)),
@@ -566,6 +596,9 @@ async fn report_status(
         get_port,
         update_port,
         delete_port,
+        set_port_migration,
+        cancel_port_migration,
+        activate_port_migration,
         create_sg,
         list_sgs,
         get_sg,
@@ -605,6 +638,7 @@ async fn report_status(
         UpdateSubnet,
         Binding,
         Port,
+        MigrationBinding,
         CreatePort,
         UpdatePort,
         SecurityGroup,
@@ -650,6 +684,14 @@ pub fn routes(p: Arc<Prismnet>) -> AxumRouter {
         .route(
             "/v1/ports/{id}",
             get(get_port).put(update_port).delete(delete_port),
+        )
+        .route(
+            "/v1/ports/{id}/migration",
+            put(set_port_migration).delete(cancel_port_migration),
+        )
+        .route(
+            "/v1/ports/{id}/migration/activate",
+            post(activate_port_migration),
         )
         .route("/v1/security-groups", get(list_sgs).post(create_sg))
         .route("/v1/security-groups/{id}", get(get_sg).delete(delete_sg))

@@ -821,6 +821,7 @@ impl Prismnet {
                 binding: req.binding.clone(),
                 status: "down".into(),
                 device: None,
+                migration: None,
                 created_at: at,
                 version: 1,
             };
@@ -883,9 +884,26 @@ impl Prismnet {
 
     pub async fn get_port(&self, scope: &Scope, id: &str) -> Result<Port> {
         let row = self.port_row(scope, id).await?;
-        let mut groups = self.port_groups(std::slice::from_ref(&row.id)).await?;
+        let ids = std::slice::from_ref(&row.id);
+        let mut groups = self.port_groups(ids).await?;
+        let mut migrations = self.port_migrations(ids).await?;
         let g = groups.remove(&row.id).unwrap_or_default();
-        Ok(port_view(row, g))
+        let m = migrations.remove(&row.id);
+        Ok(port_view(row, g, m))
+    }
+
+    async fn port_migrations(&self, ids: &[String]) -> Result<HashMap<String, PortMigrationRow>> {
+        if ids.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let (list, p) = in_list(ids, 1);
+        let rows: Vec<PortMigrationRow> = self
+            .rows(
+                &format!("SELECT * FROM port_migrations WHERE port_id IN ({list})"),
+                p,
+            )
+            .await?;
+        Ok(rows.into_iter().map(|r| (r.port_id.clone(), r)).collect())
     }
 
     pub async fn list_ports(
@@ -912,13 +930,15 @@ impl Prismnet {
             .await?;
         let ids: Vec<String> = rows.iter().map(|r| r.id.clone()).collect();
         let mut groups = self.port_groups(&ids).await?;
+        let mut migrations = self.port_migrations(&ids).await?;
         Ok(page(
             rows,
             q,
             |r| r.id.clone(),
             |r| {
                 let g = groups.remove(&r.id).unwrap_or_default();
-                port_view(r, g)
+                let m = migrations.remove(&r.id);
+                port_view(r, g, m)
             },
         ))
     }
@@ -940,7 +960,16 @@ impl Prismnet {
         let (host, attachment) = if req.unbind {
             (None, None)
         } else if let Some(b) = &req.binding {
-            (Some(b.host.clone()), Some(b.attachment.clone()))
+            // The API shows both tap names as `tap`: binding a port again as it is bound keeps
+            // the tap (and the QEMU that holds it) in place.
+            let same_tap = b.attachment == TAP
+                && row.host.as_deref() == Some(b.host.as_str())
+                && row.attachment.as_deref().is_some_and(is_tap);
+            if same_tap {
+                (row.host.clone(), row.attachment.clone())
+            } else {
+                (Some(b.host.clone()), Some(b.attachment.clone()))
+            }
         } else {
             (row.host.clone(), row.attachment.clone())
         };
@@ -960,6 +989,13 @@ impl Prismnet {
                 id
             ],
         )];
+        if rebound {
+            // A pending migration's destination belongs to the binding it was set up next to.
+            statements.push(Statement::with_params(
+                "DELETE FROM port_migrations WHERE port_id = $1",
+                params![id],
+            ));
+        }
         if let Some(g) = &req.security_groups {
             let groups = self.check_groups(scope, &row.vpc_id, g).await?;
             statements.push(Statement::with_params(
@@ -991,6 +1027,10 @@ impl Prismnet {
                     "DELETE FROM ip_allocs WHERE subnet_id = $1 AND owner = $2",
                     params![row.subnet_id.as_str(), id],
                 ),
+                Statement::with_params(
+                    "DELETE FROM port_migrations WHERE port_id = $1",
+                    params![id],
+                ),
                 Statement::with_params("DELETE FROM ports WHERE id = $1", params![id]),
             ],
             None,
@@ -998,6 +1038,115 @@ impl Prismnet {
         .await
         .map_err(store_error)?;
         Ok(())
+    }
+
+    /// Sets up the port's migration binding on `req.host` (idempotent for the same host).
+    pub async fn set_port_migration(&self, scope: &Scope, id: &str, req: Binding) -> Result<Port> {
+        check_binding(&req)?;
+        if req.attachment != TAP {
+            return Err(invalid(
+                "invalid_binding",
+                "a migration binding is a `tap` (only VMs migrate)",
+            ));
+        }
+        let row = self.port_row(scope, id).await?;
+        let Some(attachment) = row.attachment.as_deref().filter(|a| is_tap(a)) else {
+            return Err(conflict(
+                "not_bound_as_tap",
+                format!("port {id} is not bound as a tap; there is nothing to migrate"),
+            ));
+        };
+        if let Some(m) = self
+            .port_migrations(std::slice::from_ref(&row.id))
+            .await?
+            .remove(id)
+        {
+            if m.host == req.host {
+                return self.get_port(scope, id).await;
+            }
+            return Err(conflict(
+                "migration_pending",
+                format!("port {id} is already migrating to host {}", m.host),
+            ));
+        }
+        // The other tap name than the source's, so both devices can live on one host.
+        let other = if attachment == TAP {
+            TAP_ALTERNATE
+        } else {
+            TAP
+        };
+        let statements = vec![Statement::with_params(
+            "INSERT INTO port_migrations (port_id, host, attachment, status, device, created_at) VALUES ($1, $2, $3, 'down', NULL, $4)",
+            params![id, req.host.as_str(), other, now()],
+        )];
+        match self
+            .commit(guarded("ports", id, row.version, statements), None)
+            .await
+        {
+            Ok(_) => {}
+            // Two racing requests: the row exists now; answer as for a repeat.
+            Err(e) if store::violated(&e, "port_migrations.") => {}
+            Err(e) => return Err(store_error(e)),
+        }
+        let port = self.get_port(scope, id).await?;
+        match &port.migration {
+            Some(m) if m.host == req.host => Ok(port),
+            _ => Err(conflict(
+                "migration_pending",
+                format!("port {id} changed while its migration binding was set up; retry"),
+            )),
+        }
+    }
+
+    /// Drops the port's migration binding (the migration failed or was abandoned).
+    pub async fn cancel_port_migration(&self, scope: &Scope, id: &str) -> Result<()> {
+        let row = self.port_row(scope, id).await?;
+        self.commit(
+            vec![Statement::with_params(
+                "DELETE FROM port_migrations WHERE port_id = $1",
+                params![row.id.as_str()],
+            )],
+            None,
+        )
+        .await
+        .map_err(store_error)?;
+        Ok(())
+    }
+
+    /// Makes the migration binding the port's binding (the VM now runs on the destination);
+    /// the source host's agent then removes the old device.
+    pub async fn activate_port_migration(&self, scope: &Scope, id: &str) -> Result<Port> {
+        let row = self.port_row(scope, id).await?;
+        let Some(m) = self
+            .port_migrations(std::slice::from_ref(&row.id))
+            .await?
+            .remove(id)
+        else {
+            return Err(conflict(
+                "no_migration",
+                format!("port {id} has no migration binding to activate"),
+            ));
+        };
+        let statements = vec![
+            Statement::with_params(
+                "UPDATE ports SET host = $1, attachment = $2, status = $3, device = $4, version = version + 1 WHERE id = $5",
+                params![
+                    m.host.as_str(),
+                    m.attachment.as_str(),
+                    m.status.as_str(),
+                    m.device.clone(),
+                    id
+                ],
+            ),
+            Statement::with_params(
+                "DELETE FROM port_migrations WHERE port_id = $1",
+                params![id],
+            ),
+        ];
+        self.commit(guarded("ports", id, row.version, statements), None)
+            .await
+            .map_err(store_error)?;
+        self.get_port(scope, id).await
     }
 
     // ---------------------------------------------------------------- security groups
@@ -2084,9 +2233,19 @@ impl Prismnet {
             if !matches!(p.status.as_str(), "active" | "down") {
                 return Err(invalid("invalid_status", "status must be active or down"));
             }
+            let sql = if p.migration {
+                "UPDATE port_migrations SET status = $1, device = $2 WHERE port_id = $3 AND host = $4 AND (status != $1 OR device IS NOT $2)"
+            } else {
+                "UPDATE ports SET status = $1, device = $2 WHERE id = $3 AND host = $4 AND (status != $1 OR device IS NOT $2)"
+            };
             statements.push(Statement::with_params(
-                "UPDATE ports SET status = $1, device = $2 WHERE id = $3 AND host = $4 AND (status != $1 OR device IS NOT $2)",
-                params![p.status.as_str(), p.device.clone(), p.port_id.as_str(), host],
+                sql,
+                params![
+                    p.status.as_str(),
+                    p.device.clone(),
+                    p.port_id.as_str(),
+                    host
+                ],
             ));
         }
         if !statements.is_empty() {
@@ -2188,6 +2347,20 @@ fn check_host(name: &str) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// A tap binding as stored: `tap` (device `uct…`) or, after a live migration moved the port
+/// onto its second tap name, `tap:alternate` (device `ucu…`).
+pub const TAP: &str = "tap";
+pub const TAP_ALTERNATE: &str = "tap:alternate";
+
+fn is_tap(attachment: &str) -> bool {
+    attachment == TAP || attachment == TAP_ALTERNATE
+}
+
+/// Both tap names are one attachment kind to API users (`device` tells the name).
+fn api_attachment(stored: &str) -> String {
+    if is_tap(stored) { TAP } else { stored }.to_owned()
 }
 
 fn check_binding(b: &Binding) -> Result<()> {
@@ -2312,13 +2485,24 @@ pub fn subnet_view(r: SubnetRow) -> Subnet {
     }
 }
 
-pub fn port_view(r: PortRow, security_groups: Vec<String>) -> Port {
+pub fn port_view(
+    r: PortRow,
+    security_groups: Vec<String>,
+    migration: Option<PortMigrationRow>,
+) -> Port {
     Port {
         binding: r
             .host
             .clone()
-            .zip(r.attachment.clone())
+            .zip(r.attachment.as_deref().map(api_attachment))
             .map(|(host, attachment)| Binding { host, attachment }),
+        migration: migration.map(|m| MigrationBinding {
+            host: m.host,
+            attachment: api_attachment(&m.attachment),
+            status: m.status,
+            device: m.device,
+            created_at: m.created_at,
+        }),
         id: r.id,
         org: r.org,
         project: r.project,

@@ -22,6 +22,9 @@ pub const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS sg_rules (id TEXT PRIMARY KEY, sg_id TEXT NOT NULL REFERENCES sgs(id) ON DELETE CASCADE, direction TEXT NOT NULL, protocol TEXT NOT NULL, port_min INTEGER, port_max INTEGER, remote_cidr TEXT, remote_group TEXT REFERENCES sgs(id), created_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS ports (id TEXT PRIMARY KEY, org TEXT NOT NULL, project TEXT NOT NULL, vpc_id TEXT NOT NULL, subnet_id TEXT NOT NULL REFERENCES subnets(id), name TEXT NOT NULL, mac TEXT NOT NULL UNIQUE, ips TEXT NOT NULL, port_security INTEGER NOT NULL, device_owner TEXT, device_id TEXT, host TEXT, attachment TEXT, status TEXT NOT NULL, device TEXT, created_at INTEGER NOT NULL, version INTEGER NOT NULL)",
     "CREATE INDEX IF NOT EXISTS ports_host ON ports (host)",
+    // A port's second binding while a live migration moves its workload: the destination
+    // host's device is set up next to the source's, and `activate` makes it the binding.
+    "CREATE TABLE IF NOT EXISTS port_migrations (port_id TEXT PRIMARY KEY REFERENCES ports(id) ON DELETE CASCADE, host TEXT NOT NULL, attachment TEXT NOT NULL, status TEXT NOT NULL, device TEXT, created_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS port_sgs (port_id TEXT NOT NULL REFERENCES ports(id) ON DELETE CASCADE, sg_id TEXT NOT NULL REFERENCES sgs(id), PRIMARY KEY (port_id, sg_id))",
     "CREATE TABLE IF NOT EXISTS pools (id TEXT PRIMARY KEY, name TEXT NOT NULL UNIQUE, cidr TEXT NOT NULL, kind TEXT NOT NULL, gateway TEXT, created_at INTEGER NOT NULL)",
     "CREATE TABLE IF NOT EXISTS pool_allocs (pool_id TEXT NOT NULL REFERENCES pools(id), ip INTEGER NOT NULL, owner_kind TEXT NOT NULL, owner_id TEXT NOT NULL, org TEXT NOT NULL, project TEXT NOT NULL, created_at INTEGER NOT NULL, PRIMARY KEY (pool_id, ip))",
@@ -88,6 +91,16 @@ pub struct PortRow {
     pub device: Option<String>,
     pub created_at: i64,
     pub version: i64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct PortMigrationRow {
+    pub port_id: String,
+    pub host: String,
+    pub attachment: String,
+    pub status: String,
+    pub device: Option<String>,
+    pub created_at: i64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -212,6 +225,7 @@ pub struct Snapshot {
     pub revision: i64,
     pub subnets: Vec<SubnetRow>,
     pub ports: Vec<PortRow>,
+    pub migrations: Vec<PortMigrationRow>,
     pub port_sgs: Vec<PortSgRow>,
     pub sgs: Vec<SgRow>,
     pub rules: Vec<RuleRow>,
@@ -236,10 +250,11 @@ pub async fn load_snapshot(db: &FlaredbClient) -> Result<Snapshot, ApiError> {
             Statement::new("SELECT * FROM pools ORDER BY id"),
             Statement::new("SELECT * FROM fips ORDER BY id"),
             Statement::new("SELECT * FROM hosts ORDER BY name"),
+            Statement::new("SELECT * FROM port_migrations ORDER BY port_id"),
         ])
         .await
         .map_err(store_error)?;
-    if r.len() != 11 {
+    if r.len() != 12 {
         return Err(ApiError::internal("short snapshot answer"));
     }
     #[derive(Deserialize)]
@@ -258,6 +273,7 @@ pub async fn load_snapshot(db: &FlaredbClient) -> Result<Snapshot, ApiError> {
         pools: decode(&r[8])?,
         fips: decode(&r[9])?,
         hosts: decode(&r[10])?,
+        migrations: decode(&r[11])?,
     })
 }
 

@@ -727,3 +727,217 @@ async fn routers_floating_ips_pools_and_agent_plans() {
     assert_eq!(tenant.delete(&format!("/v1/routers/{rid}")).await.0, 204);
     api.stop().await;
 }
+
+/// A port's migration binding (the destination of a VM's live migration): refused unless the
+/// port is bound as a tap; the destination host's plan gets the port under its second tap
+/// name next to the source's (one DHCP lease when both are on one host); reports on it do
+/// not touch the binding; activation swaps the binding (device name included) and the
+/// source's plan loses the port; a rebind or delete drops a pending one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_bindings_set_up_activate_and_cancel() {
+    let cloud = cloud().await;
+    let api = cloud.api().await;
+    let op = Net::new(&api.url, &cloud.admin_token);
+    let tenant = Net::new(&api.url, &cloud.tenant("mover", "admin").await);
+    let (_, subnet) = tenant.network("10.80.0.0/16", "10.80.1.0/24").await;
+    let sid = subnet["id"].as_str().unwrap();
+    let unbound = tenant
+        .create("/v1/ports", json!({"subnet_id": sid, "name": "idle"}))
+        .await;
+    let uid = unbound["id"].as_str().unwrap();
+    let tap = json!({"host": "h2", "attachment": "tap"});
+
+    // Bad input first; nothing changes.
+    let (s, b) = tenant
+        .put(&format!("/v1/ports/{uid}/migration"), tap.clone())
+        .await;
+    assert_eq!((s, code(&b)), (409, "not_bound_as_tap"), "{b}");
+    let veth = tenant
+        .create(
+            "/v1/ports",
+            json!({"subnet_id": sid, "binding": {"host": "h1", "attachment": "netns:w1"}}),
+        )
+        .await;
+    let (s, b) = tenant
+        .put(
+            &format!("/v1/ports/{}/migration", veth["id"].as_str().unwrap()),
+            tap.clone(),
+        )
+        .await;
+    assert_eq!((s, code(&b)), (409, "not_bound_as_tap"), "{b}");
+    let vm = tenant
+        .create(
+            "/v1/ports",
+            json!({"subnet_id": sid, "name": "vm", "binding": {"host": "h1", "attachment": "tap"}}),
+        )
+        .await;
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/ports/{id}/migration");
+    for bad in [
+        json!({"host": "h2", "attachment": "netns:x"}),
+        json!({"host": "no spaces", "attachment": "tap"}),
+        json!({"host": "h2"}),
+        json!({"host": "h2", "attachment": "tap", "extra": 1}),
+    ] {
+        let (s, b) = tenant.put(&path, bad.clone()).await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    let (s, b) = tenant.post(&format!("{path}/activate"), json!({})).await;
+    assert_eq!((s, code(&b)), (409, "no_migration"), "{b}");
+    let (s, _) = tenant.put("/v1/ports/nope/migration", tap.clone()).await;
+    assert_eq!(s, 404);
+    let other = Net::new(&api.url, &cloud.tenant("other", "admin").await);
+    let (s, _) = other.put(&path, tap.clone()).await;
+    assert_eq!(s, 404, "another tenant's port is not found");
+    assert!(tenant.ok(&format!("/v1/ports/{id}")).await["migration"].is_null());
+
+    // Same host as the source: both taps in h1's plan, one DHCP lease.
+    let same = json!({"host": "h1", "attachment": "tap"});
+    let (s, p) = tenant.put(&path, same.clone()).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["migration"]["host"], "h1");
+    assert_eq!(p["migration"]["status"], "down");
+    let (s, again) = tenant.put(&path, same.clone()).await;
+    assert_eq!(
+        (s, &again["migration"]),
+        (200, &p["migration"]),
+        "idempotent"
+    );
+    let (s, b) = tenant.put(&path, tap.clone()).await;
+    assert_eq!((s, code(&b)), (409, "migration_pending"), "{b}");
+    let plan = op.ok("/v1/agent/hosts/h1/plan?wait=0").await;
+    let net = &plan["plan"]["networks"][0];
+    let mine: Vec<&Value> = net["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["port_id"] == id.as_str())
+        .collect();
+    assert_eq!(mine.len(), 2, "{net}");
+    assert_eq!(mine[0]["attachment"]["kind"], "tap");
+    assert_eq!(mine[1]["attachment"]["kind"], "tap_alternate");
+    assert_eq!(mine[1]["migration_target"], true);
+    let leases = net["dhcp"]["hosts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|h| h["mac"] == vm["mac"])
+        .count();
+    assert_eq!(leases, 1, "{net}");
+    // Cancel: gone from the plan.
+    assert_eq!(tenant.delete(&path).await.0, 204);
+    assert_eq!(tenant.delete(&path).await.0, 204, "cancel is idempotent");
+    let plan = op.ok("/v1/agent/hosts/h1/plan?wait=0").await;
+    let count = plan["plan"]["networks"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|p| p["port_id"] == id.as_str())
+        .count();
+    assert_eq!(count, 1);
+
+    // Another host: h2 gets the subnet and the port's second tap; the MAC stays on h1.
+    op.put("/v1/agent/hosts/h1", json!({"underlay_ip": "203.0.113.11"}))
+        .await;
+    op.put("/v1/agent/hosts/h2", json!({"underlay_ip": "203.0.113.12"}))
+        .await;
+    let (s, p) = tenant.put(&path, tap.clone()).await;
+    assert_eq!(s, 200, "{p}");
+    let h2 = op.ok("/v1/agent/hosts/h2/plan?wait=0").await;
+    let n2 = &h2["plan"]["networks"][0];
+    assert_eq!(n2["ports"][0]["port_id"], id.as_str());
+    assert_eq!(n2["ports"][0]["migration_target"], true);
+    assert!(
+        n2["remote_macs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["mac"] == vm["mac"] && m["vtep"] == "203.0.113.11"),
+        "{n2}"
+    );
+    // h2 reports its tap; the binding on h1 is untouched. h1 cannot report on h2's tap.
+    let (s, _) = op
+        .post(
+            "/v1/agent/hosts/h1/status",
+            json!({"ports": [{"port_id": id, "status": "active", "device": "uct0000000000", "migration": true}]}),
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        tenant.ok(&format!("/v1/ports/{id}")).await["migration"]["status"],
+        "down"
+    );
+    op.post(
+        "/v1/agent/hosts/h2/status",
+        json!({"ports": [{"port_id": id, "status": "active", "device": "ucu0000000001", "migration": true}]}),
+    )
+    .await;
+    let p = tenant.ok(&format!("/v1/ports/{id}")).await;
+    assert_eq!(p["migration"]["status"], "active");
+    assert_eq!(p["migration"]["device"], "ucu0000000001");
+    assert_eq!(p["binding"]["host"], "h1");
+    assert_eq!(p["status"], "down", "the binding's own status is h1's");
+
+    // Activate: the binding moves to h2 with the second tap; h1's plan loses the port.
+    let (s, p) = tenant.post(&format!("{path}/activate"), json!({})).await;
+    assert_eq!(s, 200, "{p}");
+    assert_eq!(p["binding"], json!({"host": "h2", "attachment": "tap"}));
+    assert_eq!(p["device"], "ucu0000000001");
+    assert_eq!(p["status"], "active");
+    assert!(p["migration"].is_null());
+    let h1 = op.ok("/v1/agent/hosts/h1/plan?wait=0").await;
+    assert!(
+        h1["plan"]["networks"].as_array().unwrap().iter().all(|n| {
+            n["ports"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|p| p["port_id"] != id.as_str())
+        }),
+        "{h1}"
+    );
+    let h2 = op.ok("/v1/agent/hosts/h2/plan?wait=0").await;
+    let p2 = &h2["plan"]["networks"][0]["ports"][0];
+    assert_eq!(p2["attachment"]["kind"], "tap_alternate");
+    assert!(p2.get("migration_target").is_none_or(|m| m == false));
+    // Binding it again as it is bound keeps the second tap (QEMU holds it).
+    let p = tenant
+        .put(
+            &format!("/v1/ports/{id}"),
+            json!({"binding": {"host": "h2", "attachment": "tap"}}),
+        )
+        .await
+        .1;
+    assert_eq!(p["device"], "ucu0000000001", "{p}");
+    // The next migration goes back to the first name.
+    tenant
+        .put(&path, json!({"host": "h1", "attachment": "tap"}))
+        .await;
+    let h1 = op.ok("/v1/agent/hosts/h1/plan?wait=0").await;
+    let back = h1["plan"]["networks"][0]["ports"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["port_id"] == id.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(back["attachment"]["kind"], "tap", "{h1}");
+    assert_eq!(back["migration_target"], true, "{h1}");
+    // A rebind elsewhere drops the pending migration; so does a delete.
+    let p = tenant
+        .put(
+            &format!("/v1/ports/{id}"),
+            json!({"binding": {"host": "h3", "attachment": "tap"}}),
+        )
+        .await
+        .1;
+    assert!(p["migration"].is_null(), "{p}");
+    tenant.put(&path, tap.clone()).await;
+    assert_eq!(tenant.delete(&format!("/v1/ports/{id}")).await.0, 204);
+    let h2 = op.ok("/v1/agent/hosts/h2/plan?wait=0").await;
+    assert!(
+        h2["plan"]["networks"].as_array().unwrap().is_empty(),
+        "{h2}"
+    );
+    api.stop().await;
+}

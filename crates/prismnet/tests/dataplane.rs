@@ -173,6 +173,7 @@ fn netns_port(id: &str, mac: &str, ip: &str, netns: &str, sgs: &[&str]) -> PortP
         },
         security_groups: sgs.iter().map(|s| s.to_string()).collect(),
         port_security: true,
+        migration_target: false,
     }
 }
 
@@ -1105,6 +1106,7 @@ fn empty_plan_removes_everything() {
             attachment: Attachment::Tap,
             security_groups: vec!["open".into()],
             port_security: true,
+            migration_target: false,
         },
     ];
     let mut plan = host.plan();

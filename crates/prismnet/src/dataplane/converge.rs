@@ -204,10 +204,15 @@ impl Depth {
         {
             return Depth::All;
         }
-        let old_ports: BTreeMap<&str, _> = old
+        // A port may be there twice: its binding and its migration binding.
+        let old_ports: BTreeMap<(&str, bool), _> = old
             .networks
             .iter()
-            .flat_map(|n| n.ports.iter().map(|p| (p.port_id.as_str(), p)))
+            .flat_map(|n| {
+                n.ports
+                    .iter()
+                    .map(|p| ((p.port_id.as_str(), p.migration_target), p))
+            })
             .collect();
         let old_dhcp: BTreeMap<&str, _> = old
             .networks
@@ -224,7 +229,7 @@ impl Depth {
                 .networks
                 .iter()
                 .flat_map(|n| n.ports.iter())
-                .filter(|p| old_ports.get(p.port_id.as_str()) != Some(p))
+                .filter(|p| old_ports.get(&(p.port_id.as_str(), p.migration_target)) != Some(p))
                 .map(|p| p.port_id.clone())
                 .collect(),
             dhcp: new
@@ -1256,7 +1261,11 @@ impl Pass<'_> {
                     .links
                     .get(&port.dev)
                     .is_some_and(|l| l.up && l.master.as_deref() == Some(net.bridge.as_str()));
-                if ready {
+                if ready && port.migration_target {
+                    self.report
+                        .migration_targets_ready
+                        .push(port.port_id.clone());
+                } else if ready {
                     self.report.ports_ready.push(port.port_id.clone());
                 }
             }
@@ -1277,6 +1286,7 @@ mod tests {
             attachment: Attachment::Tap,
             security_groups: vec![],
             port_security: true,
+            migration_target: false,
         }
     }
 

@@ -8,6 +8,8 @@ pub const BRIDGE: &str = "ucb";
 pub const VXLAN: &str = "ucx";
 /// Tap of a VM port.
 pub const TAP: &str = "uct";
+/// A VM port's second tap name (a live migration's destination; see `Attachment`).
+pub const TAP_ALTERNATE: &str = "ucu";
 /// Host end of a netns port's veth.
 pub const PORT_VETH: &str = "ucp";
 /// Host end of a subnet's DHCP server leg.
@@ -17,10 +19,11 @@ pub const ROUTER_LEG: &str = "ucg";
 /// Host end of a router's external leg.
 pub const EXTERNAL_LEG: &str = "uco";
 
-const KINDS: [&str; 7] = [
+const KINDS: [&str; 8] = [
     BRIDGE,
     VXLAN,
     TAP,
+    TAP_ALTERNATE,
     PORT_VETH,
     DHCP_LEG,
     ROUTER_LEG,

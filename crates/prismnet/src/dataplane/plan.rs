@@ -123,6 +123,11 @@ pub struct PortPlan {
     /// false: no anti-spoofing and no filtering at all for this port.
     #[serde(default = "default_true")]
     pub port_security: bool,
+    /// This is the port's migration binding (the destination of a live migration), not
+    /// its binding: the device is made like any port's and reported in
+    /// `migration_targets_ready`. The same port may be in the plan once as each.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub migration_target: bool,
 }
 
 fn default_true() -> bool {
@@ -134,6 +139,10 @@ fn default_true() -> bool {
 pub enum Attachment {
     /// Persistent tap `uct<id10>`; QEMU opens it with `ifname=...,script=no,downscript=no`.
     Tap,
+    /// The same under the port's second tap name, `ucu<id10>`. A live migration's
+    /// destination tap takes the name the source's does not have, so both can exist on one
+    /// host, and keeps it afterwards (QEMU holds it open).
+    TapAlternate,
     /// veth `ucp<id10>` whose peer is created in the workload netns `netns` and named
     /// `ifname` there (default "eth0"), with the port's MAC. The caller creates (and removes)
     /// the workload netns; while it is missing the port is reported as an error, not ready.
@@ -243,6 +252,9 @@ pub struct ConvergeReport {
     pub changed: Vec<String>,
     /// Port ids whose device exists, is up and enslaved to its subnet's bridge.
     pub ports_ready: Vec<String>,
+    /// The same for ports' migration bindings on this host.
+    #[serde(default)]
+    pub migration_targets_ready: Vec<String>,
     /// Problems with single objects; the rest of the plan was still applied.
     pub errors: Vec<String>,
 }

@@ -51,6 +51,8 @@ pub struct Port {
     pub netns: Option<(String, String)>,
     pub security_groups: Vec<String>,
     pub port_security: bool,
+    /// A migration binding (reported apart from the port's binding).
+    pub migration_target: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +261,7 @@ pub fn resolve(plan: &HostPlan, prefix_dir: &Path, errors: &mut Vec<String>) -> 
             }
             let (dev, netns) = match &p.attachment {
                 Attachment::Tap => (device(names::TAP, &pid), None),
+                Attachment::TapAlternate => (device(names::TAP_ALTERNATE, &pid), None),
                 Attachment::Netns { netns, ifname } => {
                     if !valid_netns_name(netns) || !valid_ifname(ifname) {
                         errors.push(format!(
@@ -283,6 +286,7 @@ pub fn resolve(plan: &HostPlan, prefix_dir: &Path, errors: &mut Vec<String>) -> 
                 netns,
                 security_groups: p.security_groups.clone(),
                 port_security: p.port_security,
+                migration_target: p.migration_target,
             });
         }
         out.nets.push(Net {
@@ -407,6 +411,7 @@ mod tests {
             attachment: Attachment::Tap,
             security_groups: vec![],
             port_security: true,
+            migration_target: false,
         }
     }
 
