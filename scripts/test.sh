@@ -15,16 +15,32 @@ cd "$(dirname "$0")/.."
 #     kernel + busybox-static initramfs, NoCloud seed ISO, kernel unpacked for PVH boot)
 PACKAGES=(etcd-client etcd-server postgresql-client qemu-utils iproute2 nftables dnsmasq-base busybox-static qemu-system-x86 linux-image-amd64 genisoimage xz-utils)
 
-missing=()
-for pkg in "${PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
+missing_packages() {
+  missing=()
+  for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+}
+missing_packages
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   echo "==> installing Debian packages: ${missing[*]}"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  # A locally installed newer version of one package (e.g. a backported qemu-utils) can be
+  # removed to satisfy another's dependencies: install whatever that took away, from the
+  # same release as the rest, and stop if anything is still missing.
+  missing_packages
+  if ((${#missing[@]})); then
+    echo "==> installing Debian packages removed by the first install: ${missing[*]}"
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+    missing_packages
+    if ((${#missing[@]})); then
+      echo "cannot install: ${missing[*]}" >&2
+      exit 1
+    fi
+  fi
   # Debian starts an etcd service on 127.0.0.1:2379 when etcd-server is installed; tests start
   # their own etcd, and `ultracloud up` needs port 2379 for chainfire.
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet etcd 2>/dev/null; then

@@ -1,36 +1,135 @@
-//! Live migration of a running tiny guest between two worker processes (the one in `up` and a
-//! second `ultracloud serve plasmavmc-worker`), on shared coronafs storage (NBD attached to
-//! both): the guest keeps running (its tick counter continues, no second boot) and keeps its
-//! disk.
+//! Live migration of a running tiny guest with a NIC between two worker processes on one
+//! host (the worker in `up` and a second `ultracloud serve plasmavmc-worker`), on shared
+//! coronafs storage (NBD attached to both) and prismnet's host agent: the guest keeps running
+//! (its tick counter continues, no second boot), keeps its disk, and keeps its address — a
+//! namespace workload in its subnet reaches the same address on the destination's QEMU,
+//! through the port's second tap (its migration binding), and again after a migration back.
+//! Needs root (netns, taps).
 
 mod cloud;
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 use reqwest::Method;
-use serde_json::json;
+use serde_json::{Value, json};
 use uc_testkit::{Cluster, Ready};
 
-use cloud::QemuReaper;
+use cloud::{Cloud, Netns, QemuReaper, ip, net_ok, network, wait_port};
+
+fn ping_once(netns: &str, addr: &str) -> bool {
+    ip(&[
+        "netns", "exec", netns, "busybox", "ping", "-c", "1", "-W", "1", addr,
+    ])
+    .status
+    .success()
+}
+
+/// Pings until an answer comes (the address is reachable) or 60 s pass.
+fn reachable(netns: &str, addr: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if ping_once(netns, addr) {
+            return true;
+        }
+    }
+    false
+}
+
+/// Pings every 200 ms from another thread while a migration runs; the counts are printed
+/// (a measurement of the network pause, never asserted).
+struct Pinger {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU32>,
+    lost: Arc<AtomicU32>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Pinger {
+    fn start(netns: &str, addr: &str) -> Self {
+        let (stop, ok, lost) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicU32::new(0)),
+            Arc::new(AtomicU32::new(0)),
+        );
+        let (ns, addr) = (netns.to_owned(), addr.to_owned());
+        let thread = {
+            let (stop, ok, lost) = (stop.clone(), ok.clone(), lost.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let counter = if ping_once(&ns, &addr) { &ok } else { &lost };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+            })
+        };
+        Self {
+            stop,
+            ok,
+            lost,
+            thread: Some(thread),
+        }
+    }
+
+    fn finish(mut self, what: &str) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        eprintln!(
+            "{what}: {} pings answered, {} lost (1 s timeout each, 200 ms apart)",
+            self.ok.load(Ordering::Relaxed),
+            self.lost.load(Ordering::Relaxed)
+        );
+    }
+}
+
+async fn port(cloud: &Cloud, token: &str, id: &str) -> Value {
+    net_ok(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await
+}
+
+/// Waits until the host has no device of that name (the agent removed it).
+async fn device_gone(name: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while ip(&["link", "show", name]).status.success() {
+        assert!(Instant::now() < deadline, "device {name} left behind");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn cmdline(pid: u32) -> String {
+    String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+        .replace('\0', " ")
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_migration_between_two_worker_processes() {
-    let cloud = cloud::up("").await;
+    // Device and namespace names are global per kernel: a prefix of our own.
+    let prefix = format!("m{:x}", std::process::id() % 0xffff);
+    let cloud = cloud::up_with("", Some(format!("prefix = \"{prefix}\""))).await;
     let _reaper = QemuReaper(cloud.worker_dir());
     let control_plane = cloud.url.clone();
     let coronafs = cloud.info.url("coronafs");
+    let prismnet = cloud.info.url("prismnet");
     let token_file = cloud.info.data_dir.join("secrets/admin-token");
+    // Both workers are on this machine: one prismnet host, the one `up`'s agent serves.
+    let first = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0].clone();
+    let host = first["host"].as_str().unwrap().to_owned();
+    let worker_host = host.clone();
     let mut second = Cluster::builder(1)
         .ports(&["worker"])
         .config(move |n, _| {
             format!(
                 "[node]\nname = \"uc-w2\"\nbind = \"{ip}\"\ndata_dir = \"{data}\"\n[auth]\nadmin_token_file = \"{token}\"\n\
                  [plasmavmc_worker]\nport = {port}\naccel = \"tcg\"\nheartbeat_secs = 2\n\
-                 control_plane_url = \"{control_plane}\"\ncoronafs_url = \"{coronafs}\"\n",
+                 control_plane_url = \"{control_plane}\"\ncoronafs_url = \"{coronafs}\"\n\
+                 prismnet_url = \"{prismnet}\"\nprismnet_host = \"{host}\"\n",
                 ip = n.ip,
                 data = n.data_dir.display(),
                 token = token_file.display(),
                 port = n.port("worker"),
+                host = worker_host,
             )
         })
         .args(|n| {
@@ -50,6 +149,34 @@ async fn live_migration_between_two_worker_processes() {
     cloud.wait_workers(2).await;
 
     let t = cloud.tenant("mover").await;
+    let (_, subnet) = network(&cloud, &t, "10.62.0.0/16", "10.62.1.0/24").await;
+    // Another port of the subnet: a namespace workload that pings the VM.
+    let ns = Netns(format!("{prefix}-peer"));
+    assert!(ip(&["netns", "add", &ns.0]).status.success());
+    let peer = net_ok(
+        &cloud,
+        &t,
+        Method::POST,
+        "/v1/ports",
+        Some(json!({"subnet_id": subnet, "name": "peer", "binding": {"host": host, "attachment": format!("netns:{}", ns.0)}})),
+    )
+    .await;
+    let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
+    wait_port(&cloud, &t, peer["id"].as_str().unwrap(), "active").await;
+    assert!(
+        ip(&[
+            "-n",
+            &ns.0,
+            "addr",
+            "add",
+            &format!("{peer_ip}/24"),
+            "dev",
+            "eth0"
+        ])
+        .status
+        .success()
+    );
+
     // The image by URL: each worker downloads kernel and initrd when it first needs them
     // (the destination only when the VM migrates to it).
     let g = cloud::guest();
@@ -63,8 +190,11 @@ async fn live_migration_between_two_worker_processes() {
             &t,
             Method::POST,
             "/v1/images",
-            Some(json!({"name": "ticker", "kind": "kernel", "kernel": format!("{images}/vmlinux"),
-                "initrd": format!("{images}/initrd"), "cmdline": "console=ttyS0 loglevel=4 uc.tick=1"})),
+            Some(
+                json!({"name": "ticker", "kind": "kernel", "kernel": format!("{images}/vmlinux"),
+                "initrd": format!("{images}/initrd"),
+                "cmdline": format!("console=ttyS0 loglevel=4 uc.tick=1 uc.ping={peer_ip}")}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{img}");
@@ -73,83 +203,135 @@ async fn live_migration_between_two_worker_processes() {
             &t,
             Method::POST,
             "/v1/vms",
-            Some(json!({"name": "mover", "image": "ticker", "vcpus": 1, "memory_mib": 128, "root_volume_mib": 8})),
+            Some(
+                json!({"name": "mover", "image": "ticker", "vcpus": 1, "memory_mib": 128,
+                "root_volume_mib": 8, "subnets": [subnet]}),
+            ),
         )
         .await;
     assert_eq!(s, 201, "{vm}");
     let id = vm["id"].as_str().unwrap().to_owned();
+    let port_id = vm["nics"][0]["port_id"].as_str().unwrap().to_owned();
+    let vm_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
     let source = vm["worker"].as_str().unwrap().to_owned();
     let target = if source == "uc-w2" {
-        cloud.ok(Method::GET, "/v1/workers", None).await["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["name"].as_str().unwrap().to_owned())
-            .find(|n| n != "uc-w2")
-            .unwrap()
+        first["name"].as_str().unwrap().to_owned()
     } else {
         "uc-w2".to_owned()
+    };
+    let dir_of = |worker: &str| {
+        if worker == "uc-w2" {
+            second_dir.clone()
+        } else {
+            cloud.worker_dir()
+        }
     };
     cloud.wait_state(&t, &id, "running").await;
     let (console, _) = cloud.wait_console(&t, &id, "UC-TICK 2", 0).await;
     assert!(console.contains("UC-BOOT-OK mover"), "{console}");
     assert!(console.contains("UC-DISK boots=1"), "{console}");
+    assert!(
+        console.contains(&format!("UC-GUEST-IP {vm_ip}/")),
+        "DHCP gave the port's address: {console}"
+    );
+    assert!(
+        console.contains(&format!("UC-PING {peer_ip} ok")),
+        "{console}"
+    );
+    assert!(reachable(&ns.0, &vm_ip), "the peer reaches the VM");
     let before = cloud::qemu_pids(&id);
     assert_eq!(before.len(), 1);
+    let p = port(&cloud, &t, &port_id).await;
+    let first_tap = p["device"].as_str().unwrap().to_owned();
+    assert!(first_tap.starts_with("uct"), "{p}");
 
-    // Bad input first: unknown worker, the VM's own worker.
-    let (s, e) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            &format!("/v1/vms/{id}/migrate"),
-            Some(json!({"worker": "nope"})),
-        )
-        .await;
-    assert_eq!(s, 400, "{e}");
-    let (s, e) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            &format!("/v1/vms/{id}/migrate"),
-            Some(json!({"worker": source})),
-        )
-        .await;
-    assert_eq!(s, 400, "{e}");
+    // Bad input first: unknown worker, the VM's own worker. Nothing changes.
+    for (worker, code) in [("nope", 400), (source.as_str(), 400)] {
+        let (s, e) = cloud
+            .as_(
+                &t,
+                Method::POST,
+                &format!("/v1/vms/{id}/migrate"),
+                Some(json!({"worker": worker})),
+            )
+            .await;
+        assert_eq!(s, code, "{e}");
+    }
+    assert!(port(&cloud, &t, &port_id).await["migration"].is_null());
+    assert_eq!(cloud::qemu_pids(&id), before);
 
-    let (s, moved) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            &format!("/v1/vms/{id}/migrate"),
-            Some(json!({"worker": target})),
-        )
-        .await;
-    assert_eq!(s, 200, "{moved}");
-    assert_eq!(moved["worker"], target.as_str(), "{moved}");
-    assert_eq!(moved["state"], "running", "{moved}");
-    assert!(moved["migrating_to"].is_null());
+    // There and back: each time the guest keeps running, keeps its address, and the port
+    // moves to the destination QEMU's tap (the two tap names alternate).
+    let mut pids = before;
+    let mut tap = first_tap.clone();
+    for (from, to) in [
+        (source.clone(), target.clone()),
+        (target.clone(), source.clone()),
+    ] {
+        let pinger = Pinger::start(&ns.0, &vm_ip);
+        let (s, moved) = cloud
+            .as_(
+                &t,
+                Method::POST,
+                &format!("/v1/vms/{id}/migrate"),
+                Some(json!({"worker": to})),
+            )
+            .await;
+        assert_eq!(s, 200, "{moved}");
+        pinger.finish(&format!("migration {from} → {to}"));
+        assert_eq!(moved["worker"], to.as_str(), "{moved}");
+        assert_eq!(moved["state"], "running", "{moved}");
+        assert!(moved["migrating_to"].is_null());
+        assert!(moved["error"].is_null(), "{moved}");
+        assert_eq!(moved["nics"][0]["ips"][0], vm_ip.as_str());
 
-    // A different QEMU process runs it now, under the target's run dir; the old one is gone.
-    let after = cloud::qemu_pids(&id);
-    assert_eq!(after.len(), 1, "{after:?}");
-    assert_ne!(after, before);
-    let target_dir = if target == "uc-w2" {
-        second_dir.clone()
-    } else {
-        cloud.worker_dir()
-    };
-    assert_eq!(cloud::qemus_under(&target_dir), after);
-    // The guest kept running: its ticks continue on the target's console without a boot.
-    let (console, _) = cloud.wait_console(&t, &id, "UC-TICK", 0).await;
-    assert!(!console.contains("UC-BOOT-OK"), "no reboot: {console}");
+        // A different QEMU runs it now, under the destination's run dir, on the other tap.
+        let after = cloud::qemu_pids(&id);
+        assert_eq!(after.len(), 1, "{after:?}");
+        assert_ne!(after, pids);
+        assert_eq!(cloud::qemus_under(&dir_of(&to)), after);
+        assert!(cloud::qemus_under(&dir_of(&from)).is_empty());
+        let p = port(&cloud, &t, &port_id).await;
+        let new_tap = p["device"].as_str().unwrap().to_owned();
+        assert_ne!(new_tap, tap, "{p}");
+        assert_eq!(
+            new_tap[3..],
+            tap[3..],
+            "the same port's other tap name: {p}"
+        );
+        assert_eq!(p["binding"]["host"], host.as_str());
+        assert_eq!(p["status"], "active", "{p}");
+        assert!(p["migration"].is_null(), "{p}");
+        assert_eq!(p["ips"][0], vm_ip.as_str());
+        assert!(
+            cmdline(after[0]).contains(&format!("ifname={new_tap}")),
+            "{}",
+            cmdline(after[0])
+        );
+        device_gone(&tap).await;
+        assert!(ip(&["link", "show", &new_tap]).status.success());
+
+        // The guest kept running (ticks continue on the destination's console without a
+        // boot) and is reached at the same address.
+        let (console, _) = cloud.wait_console(&t, &id, "UC-TICK", 0).await;
+        assert!(!console.contains("UC-BOOT-OK"), "no reboot: {console}");
+        assert!(reachable(&ns.0, &vm_ip), "the peer reaches the VM on {to}");
+        pids = after;
+        tap = new_tap;
+    }
+    assert_eq!(tap, first_tap, "back on the first tap name");
     let (s, events) = cloud
         .as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None)
         .await;
     assert_eq!(s, 200);
-    assert!(events.to_string().contains("migrated"), "{events}");
+    assert_eq!(
+        events.to_string().matches("\"migrated\"").count(),
+        2,
+        "{events}"
+    );
 
-    // Same disk: stop/start on the target counts the second boot.
+    // Same disk and port: stop/start counts the second boot, and DHCP hands out the same
+    // address again.
     let (s, _) = cloud
         .as_(
             &t,
@@ -164,9 +346,13 @@ async fn live_migration_between_two_worker_processes() {
         .as_(&t, Method::POST, &format!("/v1/vms/{id}/start"), None)
         .await;
     assert_eq!(s, 200);
-    // The target's console had no boot marker before (the guest arrived running).
+    // This worker's console had no boot marker before (the guest arrived running).
     let (console, _) = cloud.wait_console(&t, &id, "UC-BOOT-OK mover", 0).await;
     assert!(console.contains("UC-DISK boots=2"), "{console}");
+    assert!(
+        console.contains(&format!("UC-GUEST-IP {vm_ip}/")),
+        "{console}"
+    );
 
     let (s, _) = cloud
         .as_(
@@ -180,5 +366,6 @@ async fn live_migration_between_two_worker_processes() {
     cloud.wait_gone(&t, &id).await;
     assert!(cloud::qemus_under(&cloud.worker_dir()).is_empty());
     assert!(cloud::qemus_under(&second_dir).is_empty());
+    device_gone(&tap).await;
     second.node_mut(0).terminate(Duration::from_secs(10));
 }

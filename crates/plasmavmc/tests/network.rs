@@ -6,85 +6,12 @@
 
 mod cloud;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use cloud::{Cloud, QemuReaper};
-
-fn ip(args: &[&str]) -> std::process::Output {
-    Command::new("ip").args(args).output().expect("ip runs")
-}
-
-/// A network namespace removed when the test ends.
-struct Netns(String);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = ip(&["netns", "del", &self.0]);
-    }
-}
-
-async fn net(
-    cloud: &Cloud,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> (u16, Value) {
-    cloud::call(&cloud.info.url("prismnet"), Some(token), method, path, body).await
-}
-
-async fn net_ok(
-    cloud: &Cloud,
-    token: &str,
-    method: Method,
-    path: &str,
-    body: Option<Value>,
-) -> Value {
-    let (s, b) = net(cloud, token, method, path, body).await;
-    assert!((200..300).contains(&s), "{path}: {s} {b}");
-    b
-}
-
-/// A VPC with one DHCP subnet: (VPC id, subnet id).
-async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> (String, String) {
-    let vpc = net_ok(
-        cloud,
-        token,
-        Method::POST,
-        "/v1/vpcs",
-        Some(json!({"name": "net", "cidr": cidr16})),
-    )
-    .await;
-    let subnet = net_ok(
-        cloud,
-        token,
-        Method::POST,
-        "/v1/subnets",
-        Some(json!({"vpc_id": vpc["id"], "name": "sub", "cidr": cidr24})),
-    )
-    .await;
-    (
-        vpc["id"].as_str().unwrap().to_owned(),
-        subnet["id"].as_str().unwrap().to_owned(),
-    )
-}
-
-async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (s, p) = net(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await;
-        assert_eq!(s, 200, "{p}");
-        if p["status"] == status {
-            return p;
-        }
-        assert!(Instant::now() < deadline, "port never {status}: {p}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
+use cloud::{Netns, QemuReaper, ip, net, net_ok, network, wait_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -402,4 +403,78 @@ pub async fn serve_files(files: Vec<(&'static str, PathBuf)>) -> String {
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
     url
+}
+
+// ---- prismnet (VM NICs)
+
+pub fn ip(args: &[&str]) -> std::process::Output {
+    Command::new("ip").args(args).output().expect("ip runs")
+}
+
+/// A network namespace removed when the test ends.
+pub struct Netns(pub String);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.0]);
+    }
+}
+
+pub async fn net(
+    cloud: &Cloud,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    call(&cloud.info.url("prismnet"), Some(token), method, path, body).await
+}
+
+pub async fn net_ok(
+    cloud: &Cloud,
+    token: &str,
+    method: Method,
+    path: &str,
+    body: Option<Value>,
+) -> Value {
+    let (s, b) = net(cloud, token, method, path, body).await;
+    assert!((200..300).contains(&s), "{path}: {s} {b}");
+    b
+}
+
+/// A VPC with one DHCP subnet: (VPC id, subnet id).
+pub async fn network(cloud: &Cloud, token: &str, cidr16: &str, cidr24: &str) -> (String, String) {
+    let vpc = net_ok(
+        cloud,
+        token,
+        Method::POST,
+        "/v1/vpcs",
+        Some(json!({"name": "net", "cidr": cidr16})),
+    )
+    .await;
+    let subnet = net_ok(
+        cloud,
+        token,
+        Method::POST,
+        "/v1/subnets",
+        Some(json!({"vpc_id": vpc["id"], "name": "sub", "cidr": cidr24})),
+    )
+    .await;
+    (
+        vpc["id"].as_str().unwrap().to_owned(),
+        subnet["id"].as_str().unwrap().to_owned(),
+    )
+}
+
+pub async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (s, p) = net(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await;
+        assert_eq!(s, 200, "{p}");
+        if p["status"] == status {
+            return p;
+        }
+        assert!(Instant::now() < deadline, "port never {status}: {p}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
