@@ -115,39 +115,8 @@ async fn live_migration_between_two_worker_processes() {
     let token_file = cloud.info.data_dir.join("secrets/admin-token");
     // Both workers are on this machine: one prismnet host, the one `up`'s agent serves.
     let first = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0].clone();
+    const UNREACHABLE: &str = "http://127.0.0.1:1";
     let host = first["host"].as_str().unwrap().to_owned();
-    let worker_host = host.clone();
-    let mut second = Cluster::builder(1)
-        .ports(&["worker"])
-        .config(move |n, _| {
-            format!(
-                "[node]\nname = \"uc-w2\"\nbind = \"{ip}\"\ndata_dir = \"{data}\"\n[auth]\nadmin_token_file = \"{token}\"\n\
-                 [plasmavmc_worker]\nport = {port}\naccel = \"tcg\"\nheartbeat_secs = 2\n\
-                 control_plane_url = \"{control_plane}\"\ncoronafs_url = \"{coronafs}\"\n\
-                 prismnet_url = \"{prismnet}\"\nprismnet_host = \"{host}\"\n",
-                ip = n.ip,
-                data = n.data_dir.display(),
-                token = token_file.display(),
-                port = n.port("worker"),
-                host = worker_host,
-            )
-        })
-        .args(|n| {
-            vec![
-                "serve".into(),
-                "plasmavmc-worker".into(),
-                "--config".into(),
-                n.config_path.display().to_string(),
-            ]
-        })
-        .ready(Ready::http("worker", "/readyz"))
-        .start()
-        .await
-        .expect("second worker starts");
-    let second_dir = second.node(0).info.data_dir.join("plasmavmc-worker");
-    let _reaper2 = QemuReaper(second_dir.clone());
-    cloud.wait_workers(2).await;
-
     let t = cloud.tenant("mover").await;
     let (_, subnet) = network(&cloud, &t, "10.62.0.0/16", "10.62.1.0/24").await;
     // Another port of the subnet: a namespace workload that pings the VM.
@@ -180,7 +149,7 @@ async fn live_migration_between_two_worker_processes() {
     // The image by URL: each worker downloads kernel and initrd when it first needs them
     // (the destination only when the VM migrates to it).
     let g = cloud::guest();
-    let images = cloud::serve_files(vec![
+    let (images, images_up) = cloud::serve_files_switchable(vec![
         ("vmlinux", g.kernel.clone()),
         ("initrd", g.initrd.clone()),
     ])
@@ -214,18 +183,12 @@ async fn live_migration_between_two_worker_processes() {
     let port_id = vm["nics"][0]["port_id"].as_str().unwrap().to_owned();
     let vm_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
     let source = vm["worker"].as_str().unwrap().to_owned();
-    let target = if source == "uc-w2" {
-        first["name"].as_str().unwrap().to_owned()
-    } else {
-        "uc-w2".to_owned()
-    };
-    let dir_of = |worker: &str| {
-        if worker == "uc-w2" {
-            second_dir.clone()
-        } else {
-            cloud.worker_dir()
-        }
-    };
+    assert_eq!(
+        source,
+        first["name"].as_str().unwrap(),
+        "the only worker yet"
+    );
+    let target = "uc-w2".to_owned();
     cloud.wait_state(&t, &id, "running").await;
     let (console, _) = cloud.wait_console(&t, &id, "UC-TICK 2", 0).await;
     assert!(console.contains("UC-BOOT-OK mover"), "{console}");
@@ -245,7 +208,117 @@ async fn live_migration_between_two_worker_processes() {
     let first_tap = p["device"].as_str().unwrap().to_owned();
     assert!(first_tap.starts_with("uct"), "{p}");
 
-    // Bad input first: unknown worker, the VM's own worker. Nothing changes.
+    // The second worker starts with a prismnet it cannot reach.
+    let worker_host = host.clone();
+    let mut second = Cluster::builder(1)
+        .ports(&["worker"])
+        .config(move |n, _| {
+            format!(
+                "[node]\nname = \"uc-w2\"\nbind = \"{ip}\"\ndata_dir = \"{data}\"\n[auth]\nadmin_token_file = \"{token}\"\n\
+                 [plasmavmc_worker]\nport = {port}\naccel = \"tcg\"\nheartbeat_secs = 2\n\
+                 control_plane_url = \"{control_plane}\"\ncoronafs_url = \"{coronafs}\"\n\
+                 prismnet_url = \"{unreachable}\"\nprismnet_host = \"{host}\"\n",
+                ip = n.ip,
+                data = n.data_dir.display(),
+                token = token_file.display(),
+                port = n.port("worker"),
+                host = worker_host,
+                unreachable = UNREACHABLE,
+            )
+        })
+        .args(|n| {
+            vec![
+                "serve".into(),
+                "plasmavmc-worker".into(),
+                "--config".into(),
+                n.config_path.display().to_string(),
+            ]
+        })
+        .ready(Ready::http("worker", "/readyz"))
+        .start()
+        .await
+        .expect("second worker starts");
+    let second_dir = second.node(0).info.data_dir.join("plasmavmc-worker");
+    let _reaper2 = QemuReaper(second_dir.clone());
+    cloud.wait_workers(2).await;
+
+    let dir_of = |worker: &str| {
+        if worker == "uc-w2" {
+            second_dir.clone()
+        } else {
+            cloud.worker_dir()
+        }
+    };
+
+    // A destination that cannot set up the port's second tap: the migration fails cleanly;
+    // the VM runs on in the same QEMU on the source, on its tap, with no migration binding
+    // and nothing left on the destination.
+    let (s, e) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": target})),
+        )
+        .await;
+    assert_eq!(s, 503, "{e}");
+    let now = cloud.ok(Method::GET, &format!("/v1/vms/{id}"), None).await;
+    assert_eq!(now["worker"], source.as_str(), "{now}");
+    assert_eq!(now["state"], "running", "{now}");
+    assert!(now["migrating_to"].is_null(), "{now}");
+    assert_eq!(cloud::qemu_pids(&id), before);
+    assert!(cloud::qemus_under(&second_dir).is_empty());
+    let p = port(&cloud, &t, &port_id).await;
+    assert!(p["migration"].is_null(), "{p}");
+    assert_eq!(p["device"], first_tap.as_str(), "{p}");
+    device_gone(&format!("ucu{}", &first_tap[3..])).await;
+    assert!(
+        reachable(&ns.0, &vm_ip),
+        "the VM is still reached on the source"
+    );
+    // Now with prismnet's real address.
+    let config = std::fs::read_to_string(&second.node(0).info.config_path).unwrap();
+    std::fs::write(
+        &second.node(0).info.config_path,
+        config.replace(UNREACHABLE, &prismnet),
+    )
+    .unwrap();
+    second.restart(0).await.expect("second worker restarts");
+    cloud.wait_workers(2).await;
+
+    // A destination that fails after setting up the port's second tap (the image server is
+    // down, so it cannot fetch the kernel): that tap and the migration binding go again.
+    images_up.store(false, Ordering::Relaxed);
+    let (s, e) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": target})),
+        )
+        .await;
+    images_up.store(true, Ordering::Relaxed);
+    assert_eq!(s, 503, "{e}");
+    assert!(e.to_string().contains("download"), "{e}");
+    assert_eq!(cloud::qemu_pids(&id), before);
+    let p = port(&cloud, &t, &port_id).await;
+    assert!(p["migration"].is_null(), "{p}");
+    assert_eq!(p["device"], first_tap.as_str(), "{p}");
+    device_gone(&format!("ucu{}", &first_tap[3..])).await;
+    assert!(
+        reachable(&ns.0, &vm_ip),
+        "the VM is still reached on the source"
+    );
+    let (_, events) = cloud
+        .as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None)
+        .await;
+    assert_eq!(
+        events.to_string().matches("\"migrate_failed\"").count(),
+        2,
+        "{events}"
+    );
+
+    // Bad input: unknown worker, the VM's own worker. Nothing changes.
     for (worker, code) in [("nope", 400), (source.as_str(), 400)] {
         let (s, e) = cloud
             .as_(

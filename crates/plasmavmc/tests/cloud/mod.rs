@@ -388,21 +388,40 @@ impl Drop for QemuReaper {
 /// Serves files over HTTP (GET and HEAD) from this test process, like a cluster-reachable
 /// image server; answers the base URL. The server lives as long as the test's runtime.
 pub async fn serve_files(files: Vec<(&'static str, PathBuf)>) -> String {
+    serve_files_switchable(files).await.0
+}
+
+/// Like [`serve_files`]; while the switch is off the server answers 503 (an image server
+/// that is down).
+pub async fn serve_files_switchable(
+    files: Vec<(&'static str, PathBuf)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let on = Arc::new(AtomicBool::new(true));
     let mut app = axum::Router::new();
     for (name, path) in files {
         let bytes = std::fs::read(&path).unwrap();
+        let on = on.clone();
         app = app.route(
             &format!("/{name}"),
             axum::routing::get(move || {
                 let bytes = bytes.clone();
-                async move { bytes }
+                let up = on.load(Ordering::Relaxed);
+                async move {
+                    if up {
+                        Ok(bytes)
+                    } else {
+                        Err(axum::http::StatusCode::SERVICE_UNAVAILABLE)
+                    }
+                }
             }),
         );
     }
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    url
+    (url, on)
 }
 
 // ---- prismnet (VM NICs)
