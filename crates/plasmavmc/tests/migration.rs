@@ -16,7 +16,7 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use uc_testkit::{Cluster, Ready};
 
-use cloud::{Cloud, Netns, QemuReaper, ip, net_ok, network, wait_port};
+use cloud::{Cloud, QemuReaper, ip, net_ok, network};
 
 fn ping_once(netns: &str, addr: &str) -> bool {
     ip(&[
@@ -85,6 +85,47 @@ impl Pinger {
     }
 }
 
+async fn migrate(cloud: &Cloud, token: &str, id: &str, worker: &str) -> (u16, Value) {
+    cloud
+        .as_(
+            token,
+            Method::POST,
+            &format!("/v1/vms/{id}/migrate"),
+            Some(json!({"worker": worker})),
+        )
+        .await
+}
+
+/// The VM under test and where it was before a migration was tried.
+struct OnSource<'a> {
+    id: &'a str,
+    worker: &'a str,
+    qemu_pids: &'a [u32],
+    port_id: &'a str,
+    tap: &'a str,
+    address: &'a str,
+}
+
+/// What a failed migration must leave: the VM running on its source QEMU and tap, reached
+/// there from `peer_ns`, with no migration binding and no second tap.
+async fn stayed_on_source(cloud: &Cloud, token: &str, vm: &OnSource<'_>, peer_ns: &str) {
+    let now = cloud
+        .ok(Method::GET, &format!("/v1/vms/{}", vm.id), None)
+        .await;
+    assert_eq!(now["worker"], vm.worker, "{now}");
+    assert_eq!(now["state"], "running", "{now}");
+    assert!(now["migrating_to"].is_null(), "{now}");
+    assert_eq!(cloud::qemu_pids(vm.id), vm.qemu_pids);
+    let p = port(cloud, token, vm.port_id).await;
+    assert!(p["migration"].is_null(), "{p}");
+    assert_eq!(p["device"], vm.tap, "{p}");
+    device_gone(&format!("ucu{}", &vm.tap[3..])).await;
+    assert!(
+        reachable(peer_ns, vm.address),
+        "the VM is still reached on the source"
+    );
+}
+
 async fn port(cloud: &Cloud, token: &str, id: &str) -> Value {
     net_ok(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await
 }
@@ -120,31 +161,8 @@ async fn live_migration_between_two_worker_processes() {
     let t = cloud.tenant("mover").await;
     let (_, subnet) = network(&cloud, &t, "10.62.0.0/16", "10.62.1.0/24").await;
     // Another port of the subnet: a namespace workload that pings the VM.
-    let ns = Netns(format!("{prefix}-peer"));
-    assert!(ip(&["netns", "add", &ns.0]).status.success());
-    let peer = net_ok(
-        &cloud,
-        &t,
-        Method::POST,
-        "/v1/ports",
-        Some(json!({"subnet_id": subnet, "name": "peer", "binding": {"host": host, "attachment": format!("netns:{}", ns.0)}})),
-    )
-    .await;
-    let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
-    wait_port(&cloud, &t, peer["id"].as_str().unwrap(), "active").await;
-    assert!(
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{peer_ip}/24"),
-            "dev",
-            "eth0"
-        ])
-        .status
-        .success()
-    );
+    let (ns, peer_ip, _) =
+        cloud::peer_workload(&cloud, &t, &subnet, &host, &format!("{prefix}-peer")).await;
 
     // The image by URL: each worker downloads kernel and initrd when it first needs them
     // (the destination only when the VM migrates to it).
@@ -253,29 +271,18 @@ async fn live_migration_between_two_worker_processes() {
     // A destination that cannot set up the port's second tap: the migration fails cleanly;
     // the VM runs on in the same QEMU on the source, on its tap, with no migration binding
     // and nothing left on the destination.
-    let (s, e) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            &format!("/v1/vms/{id}/migrate"),
-            Some(json!({"worker": target})),
-        )
-        .await;
+    let on_source = OnSource {
+        id: &id,
+        worker: &source,
+        qemu_pids: &before,
+        port_id: &port_id,
+        tap: &first_tap,
+        address: &vm_ip,
+    };
+    let (s, e) = migrate(&cloud, &t, &id, &target).await;
     assert_eq!(s, 503, "{e}");
-    let now = cloud.ok(Method::GET, &format!("/v1/vms/{id}"), None).await;
-    assert_eq!(now["worker"], source.as_str(), "{now}");
-    assert_eq!(now["state"], "running", "{now}");
-    assert!(now["migrating_to"].is_null(), "{now}");
-    assert_eq!(cloud::qemu_pids(&id), before);
     assert!(cloud::qemus_under(&second_dir).is_empty());
-    let p = port(&cloud, &t, &port_id).await;
-    assert!(p["migration"].is_null(), "{p}");
-    assert_eq!(p["device"], first_tap.as_str(), "{p}");
-    device_gone(&format!("ucu{}", &first_tap[3..])).await;
-    assert!(
-        reachable(&ns.0, &vm_ip),
-        "the VM is still reached on the source"
-    );
+    stayed_on_source(&cloud, &t, &on_source, &ns.0).await;
     // Now with prismnet's real address.
     let config = std::fs::read_to_string(&second.node(0).info.config_path).unwrap();
     std::fs::write(
@@ -289,26 +296,12 @@ async fn live_migration_between_two_worker_processes() {
     // A destination that fails after setting up the port's second tap (the image server is
     // down, so it cannot fetch the kernel): that tap and the migration binding go again.
     images_up.store(false, Ordering::Relaxed);
-    let (s, e) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            &format!("/v1/vms/{id}/migrate"),
-            Some(json!({"worker": target})),
-        )
-        .await;
+    let (s, e) = migrate(&cloud, &t, &id, &target).await;
     images_up.store(true, Ordering::Relaxed);
     assert_eq!(s, 503, "{e}");
     assert!(e.to_string().contains("download"), "{e}");
-    assert_eq!(cloud::qemu_pids(&id), before);
-    let p = port(&cloud, &t, &port_id).await;
-    assert!(p["migration"].is_null(), "{p}");
-    assert_eq!(p["device"], first_tap.as_str(), "{p}");
-    device_gone(&format!("ucu{}", &first_tap[3..])).await;
-    assert!(
-        reachable(&ns.0, &vm_ip),
-        "the VM is still reached on the source"
-    );
+    assert!(cloud::qemus_under(&second_dir).is_empty());
+    stayed_on_source(&cloud, &t, &on_source, &ns.0).await;
     let (_, events) = cloud
         .as_(&t, Method::GET, &format!("/v1/vms/{id}/events"), None)
         .await;
@@ -320,14 +313,7 @@ async fn live_migration_between_two_worker_processes() {
 
     // Bad input: unknown worker, the VM's own worker. Nothing changes.
     for (worker, code) in [("nope", 400), (source.as_str(), 400)] {
-        let (s, e) = cloud
-            .as_(
-                &t,
-                Method::POST,
-                &format!("/v1/vms/{id}/migrate"),
-                Some(json!({"worker": worker})),
-            )
-            .await;
+        let (s, e) = migrate(&cloud, &t, &id, worker).await;
         assert_eq!(s, code, "{e}");
     }
     assert!(port(&cloud, &t, &port_id).await["migration"].is_null());
@@ -342,14 +328,7 @@ async fn live_migration_between_two_worker_processes() {
         (target.clone(), source.clone()),
     ] {
         let pinger = Pinger::start(&ns.0, &vm_ip);
-        let (s, moved) = cloud
-            .as_(
-                &t,
-                Method::POST,
-                &format!("/v1/vms/{id}/migrate"),
-                Some(json!({"worker": to})),
-            )
-            .await;
+        let (s, moved) = migrate(&cloud, &t, &id, &to).await;
         assert_eq!(s, 200, "{moved}");
         pinger.finish(&format!("migration {from} → {to}"));
         assert_eq!(moved["worker"], to.as_str(), "{moved}");

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use cloud::{Netns, QemuReaper, ip, net, net_ok, network, wait_port};
+use cloud::{QemuReaper, ip, net, net_ok, network, wait_port};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
@@ -29,32 +29,8 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
     let (b_vpc, b_subnet) = network(&cloud, &b, "10.61.0.0/16", "10.61.1.0/24").await;
 
     // Another port of the subnet: a namespace workload with a static address.
-    let ns = Netns(format!("{prefix}-peer"));
-    assert!(ip(&["netns", "add", &ns.0]).status.success());
-    let peer = net_ok(
-        &cloud,
-        &a,
-        Method::POST,
-        "/v1/ports",
-        Some(json!({"subnet_id": subnet, "name": "peer", "binding": {"host": node, "attachment": format!("netns:{}", ns.0)}})),
-    )
-    .await;
-    let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
-    wait_port(&cloud, &a, peer["id"].as_str().unwrap(), "active").await;
-    assert!(
-        ip(&[
-            "-n",
-            &ns.0,
-            "addr",
-            "add",
-            &format!("{peer_ip}/24"),
-            "dev",
-            "eth0"
-        ])
-        .status
-        .success()
-    );
-    let _ = ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    let (_peer_ns, peer_ip, peer_id) =
+        cloud::peer_workload(&cloud, &a, &subnet, &node, &format!("{prefix}-peer")).await;
 
     let g = cloud::guest();
     let (s, img) = cloud
@@ -321,7 +297,7 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
 
     // Leave the host as found: the agent removes the subnets' DHCP servers and bridges
     // once their resources are gone (a killed agent would leave them behind).
-    let peer_id = peer["id"].as_str().unwrap();
+    let peer_id = peer_id.as_str();
     for (token, path) in [
         (&a, format!("/v1/ports/{peer_id}")),
         (&a, format!("/v1/ports/{given_id}")),

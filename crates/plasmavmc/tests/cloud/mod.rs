@@ -497,3 +497,35 @@ pub async fn wait_port(cloud: &Cloud, token: &str, id: &str, status: &str) -> Va
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// Another port of `subnet`, bound to `host` as a namespace workload (`<name>` netns, removed
+/// when dropped) with the port's address set statically: (netns, address, port id).
+pub async fn peer_workload(
+    cloud: &Cloud,
+    token: &str,
+    subnet: &str,
+    host: &str,
+    name: &str,
+) -> (Netns, String, String) {
+    let ns = Netns(name.to_owned());
+    assert!(ip(&["netns", "add", &ns.0]).status.success());
+    let peer = net_ok(
+        cloud,
+        token,
+        Method::POST,
+        "/v1/ports",
+        Some(json!({"subnet_id": subnet, "name": "peer",
+            "binding": {"host": host, "attachment": format!("netns:{}", ns.0)}})),
+    )
+    .await;
+    let peer_ip = peer["ips"][0].as_str().unwrap().to_owned();
+    wait_port(cloud, token, peer["id"].as_str().unwrap(), "active").await;
+    let cidr = format!("{peer_ip}/24");
+    assert!(
+        ip(&["-n", &ns.0, "addr", "add", &cidr, "dev", "eth0"])
+            .status
+            .success()
+    );
+    let _ = ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
+    (ns, peer_ip, peer["id"].as_str().unwrap().to_owned())
+}
