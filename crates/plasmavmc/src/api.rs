@@ -349,7 +349,9 @@ pub struct VmEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema, PartialEq, Eq)]
 pub struct ConsoleLog {
     pub vm_id: String,
-    /// Byte offset of `data` in the whole log.
+    /// Byte offset of `data` in the whole log. Larger than the requested offset when the
+    /// worker had already trimmed that part (each VM's log is capped; the newest part is
+    /// kept): the bytes in between are gone.
     pub offset: u64,
     /// Pass back as `offset` to read only what came after.
     pub next_offset: u64,

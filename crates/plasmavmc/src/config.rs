@@ -73,6 +73,9 @@ pub struct WorkerConfig {
     pub heartbeat_secs: u64,
     /// How often the agent re-reads its assignments without being woken.
     pub resync_secs: u64,
+    /// Cap of each VM's serial console log on this worker: a larger log is cut to its newest
+    /// half (checked every 2 s). `0`: no cap. At least 4096 otherwise.
+    pub console_log_max_bytes: u64,
 }
 
 impl Default for WorkerConfig {
@@ -92,6 +95,7 @@ impl Default for WorkerConfig {
             migration_address: None,
             heartbeat_secs: 5,
             resync_secs: 10,
+            console_log_max_bytes: crate::hypervisor::DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }

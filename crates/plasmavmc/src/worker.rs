@@ -67,6 +67,11 @@ enum NicBinding {
     MigrationTarget,
 }
 const CONSOLE_MAX: usize = 1024 * 1024;
+/// How often every VM's serial log is checked against `console_log_max_bytes` (a log may
+/// exceed the cap by what its guest writes in this time).
+const CONSOLE_TRIM_EVERY: Duration = Duration::from_secs(2);
+/// The smallest console cap accepted (0 aside, which means none).
+const CONSOLE_LOG_MIN_BYTES: u64 = 4096;
 
 struct Agent {
     name: String,
@@ -127,6 +132,11 @@ pub async fn start(
             "heartbeat_secs and resync_secs must be at least 1".into(),
         ));
     }
+    if config.console_log_max_bytes != 0 && config.console_log_max_bytes < CONSOLE_LOG_MIN_BYTES {
+        return Err(StartError::Config(format!(
+            "console_log_max_bytes must be 0 (no cap) or at least {CONSOLE_LOG_MIN_BYTES}"
+        )));
+    }
     let options = ClientOptions {
         ca_file: ctx.trusted_ca_file().map(ToOwned::to_owned),
         ..Default::default()
@@ -162,8 +172,11 @@ pub async fn start(
 
     let data_dir = ctx.component_dir("plasmavmc-worker");
     // QMP socket paths must stay short (108 bytes): VMs live in a short `run` subdirectory.
-    let hv = Hypervisor::new(HypervisorConfig::new(data_dir.join("run")))
-        .map_err(|e| StartError::Runtime(format!("hypervisor: {e}")))?;
+    let hv = Hypervisor::new(HypervisorConfig {
+        console_log_max_bytes: config.console_log_max_bytes,
+        ..HypervisorConfig::new(data_dir.join("run"))
+    })
+    .map_err(|e| StartError::Runtime(format!("hypervisor: {e}")))?;
     let hv = Arc::new(hv);
     let adopted = hv
         .adopt_all()
@@ -237,8 +250,18 @@ pub async fn start(
                 .await
         }
     };
+    // Console logs are capped whether anyone reads them or not.
+    let trim = {
+        let hv = agent.hv.clone();
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown
+                .every(CONSOLE_TRIM_EVERY, || trim_consoles(hv.clone()))
+                .await
+        }
+    };
     let task = tokio::spawn(async move {
-        tokio::join!(server.serve(shutdown), run);
+        tokio::join!(server.serve(shutdown), run, trim);
     });
     Ok(Running {
         url,
@@ -246,6 +269,20 @@ pub async fn start(
         readiness,
         task,
     })
+}
+
+/// One pass of the console cap over every VM in the run dir (blocking file I/O: off the
+/// runtime's threads).
+async fn trim_consoles(hv: Arc<Hypervisor>) {
+    match tokio::task::spawn_blocking(move || hv.trim_serial_logs()).await {
+        Ok(Ok(trimmed)) => {
+            for (vm, dropped) in trimmed {
+                tracing::debug!(vm, dropped, "serial console log trimmed to its cap");
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "cannot trim serial console logs"),
+        Err(e) => tracing::warn!(error = %e, "serial console trim task failed"),
+    }
 }
 
 impl Agent {
@@ -728,10 +765,10 @@ async fn console(
             }
             e => ApiError::internal(e.to_string()),
         })?;
-    let offset = chunk.next_offset - chunk.data.len() as u64;
     Ok(Json(ConsoleLog {
         vm_id: id,
-        offset,
+        // Past the requested offset when that part was trimmed off (the log's cap).
+        offset: chunk.offset,
         next_offset: chunk.next_offset,
         data: String::from_utf8_lossy(&chunk.data).into_owned(),
     }))

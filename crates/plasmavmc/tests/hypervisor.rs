@@ -517,6 +517,98 @@ async fn guest_ignoring_the_power_button_is_quit_after_the_timeout() {
     assert_eq!(guest::read_boot_counter(&raw).unwrap(), Some(1));
 }
 
+/// A ticking guest under a tiny console cap: the log is trimmed while QEMU appends to it
+/// (copy-truncate is safe only because QEMU opens it with `append=on`), and a reader following
+/// `next_offset` keeps getting larger offsets and the ticks in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn console_cap_trims_a_running_guest_and_offsets_keep_growing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = tmp.path().join("run");
+    let _guard = KillOnDrop(vec![run_dir.clone()]);
+    // Half the cap is kept: two `UC-TICK <n>` lines, so a trim every two or three ticks.
+    let cap = 48;
+    let hv = Hypervisor::new(HypervisorConfig {
+        console_log_max_bytes: cap,
+        ..HypervisorConfig::new(&run_dir)
+    })
+    .unwrap();
+    let guest = build_guest(tmp.path());
+    let spec = spec("vm-tick", &guest, &["uc.tick=1"]).await;
+    hv.start(&spec).await.unwrap();
+    let log_path = hv.serial_log_path("vm-tick");
+
+    // Complete lines read so far; a gap (a trimmed part the reader missed, e.g. the boot
+    // burst) drops the partial line before it.
+    let mut seen = String::new();
+    let mut next = 0;
+    // Ticks read when the log was first trimmed while the guest ticked.
+    let mut ticks_at_trim = None;
+    let deadline = tokio::time::Instant::now() + BOOT_LIMIT;
+    loop {
+        let chunk = hv.serial_log("vm-tick", next, 1 << 20).unwrap();
+        assert!(chunk.offset >= next, "{} < {next}", chunk.offset);
+        if chunk.offset > next {
+            assert_eq!(
+                chunk.offset, chunk.first,
+                "a gap ends at the oldest kept byte"
+            );
+            seen.truncate(seen.rfind('\n').map_or(0, |p| p + 1));
+            seen.push_str("[gap]\n");
+        }
+        assert_eq!(chunk.next_offset, chunk.offset + chunk.data.len() as u64);
+        assert!(chunk.next_offset <= chunk.end);
+        next = chunk.next_offset;
+        seen.push_str(&String::from_utf8_lossy(&chunk.data));
+
+        let dropped = hv.trim_serial_log("vm-tick").unwrap();
+        if dropped > 0 {
+            let kept = std::fs::read(&log_path).unwrap();
+            // QEMU appended at the end of the kept part, not at its old file position
+            // (which would leave a hole of zeros).
+            assert!(!kept.contains(&0), "{kept:?}");
+            assert!(kept.len() as u64 <= cap, "{} bytes kept", kept.len());
+        }
+        let ticks = marker_value(&seen, "UC-TICK ").len();
+        if dropped > 0 && ticks > 0 && ticks_at_trim.is_none() {
+            ticks_at_trim = Some(ticks);
+        }
+        // Two more ticks read after that trim: QEMU kept appending to the trimmed file.
+        if ticks_at_trim.is_some_and(|t| ticks >= t + 2) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ticks at the first trim: {ticks_at_trim:?}; read:\n{seen}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    hv.kill("vm-tick").await.unwrap();
+
+    let ticks: Vec<u64> = marker_value(&seen, "UC-TICK ")
+        .iter()
+        .map(|t| t.parse().unwrap())
+        .collect();
+    assert!(ticks.windows(2).all(|w| w[0] < w[1]), "{seen}");
+    // A reader keeping up loses nothing to the trims (the copy-truncate race could cost a
+    // line, in a window of microseconds per trim).
+    let missing = ticks.last().unwrap() - ticks[0] + 1 - ticks.len() as u64;
+    assert!(missing <= 1, "{ticks:?}\n{seen}");
+    // The base on disk and the kept file add up to the absolute end.
+    let base: u64 = std::fs::read_to_string(run_dir.join("vm-tick/serial.base"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let chunk = hv.serial_log("vm-tick", 0, 1 << 20).unwrap();
+    assert!(base > 0);
+    assert_eq!((chunk.offset, chunk.first), (base, base));
+    assert_eq!(
+        chunk.end,
+        base + std::fs::metadata(&log_path).unwrap().len()
+    );
+    assert!(chunk.end >= next);
+}
+
 /// `qemu-nbd --shared=2` serving a raw file on a loopback port, stopped on drop.
 struct NbdExport {
     child: std::process::Child,

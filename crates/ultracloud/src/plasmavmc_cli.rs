@@ -461,6 +461,13 @@ pub async fn run_vm(args: VmArgs, format: OutputFormat) -> Result<(), Failure> {
             let mut out = std::io::stdout();
             loop {
                 let chunk = api.console(&id, offset).await.map_err(runtime)?;
+                if chunk.offset > offset {
+                    // The worker caps each console log; what we had not read yet is gone.
+                    eprintln!(
+                        "[console: {} older bytes were trimmed on the worker]",
+                        chunk.offset - offset
+                    );
+                }
                 offset = chunk.next_offset;
                 let _ = out.write_all(chunk.data.as_bytes());
                 let _ = out.flush();

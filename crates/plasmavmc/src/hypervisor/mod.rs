@@ -2,12 +2,14 @@
 //! only through QMP.
 //!
 //! Every VM gets a directory `<run_dir>/<vm_id>/` holding `spec.json`, `instance` (a random
-//! UUID given to QEMU as `-uuid`), `qemu.pid`, `qmp.sock` and `serial.log` (appended across
-//! restarts, so console offsets stay valid). QEMU runs with `-daemonize`: it leaves our process
-//! group and session, so a dying worker does not take its VMs along, and [`Hypervisor::adopt_all`]
-//! finds them again. A process counts as ours only when `/proc/<pid>/cmdline` carries both our
-//! `-name guest=<vm_id>,process=uc-vm-<vm_id>` marker and the UUID from `instance`; a pid that
-//! was reused, or a QEMU someone started by hand with a look-alike name, is never signalled.
+//! UUID given to QEMU as `-uuid`), `qemu.pid`, `qmp.sock`, `serial.log` (appended across
+//! restarts) and `serial.base` (how many bytes were trimmed off the front of `serial.log`, so
+//! console offsets stay absolute; see [`Hypervisor::trim_serial_log`]). QEMU runs with
+//! `-daemonize`: it leaves our process group and session, so a dying worker does not take its
+//! VMs along, and [`Hypervisor::adopt_all`] finds them again. A process counts as ours only
+//! when `/proc/<pid>/cmdline` carries both our `-name guest=<vm_id>,process=uc-vm-<vm_id>`
+//! marker and the UUID from `instance`; a pid that was reused, or a QEMU someone started by
+//! hand with a look-alike name, is never signalled.
 
 mod accel;
 pub mod qmp;
@@ -33,6 +35,11 @@ const QUIT_GRACE: Duration = Duration::from_secs(5);
 const POLL: Duration = Duration::from_millis(100);
 /// Bytes per second a migration may use: about 10 Gbit/s.
 const MIGRATION_MAX_BANDWIDTH: u64 = 1_250_000_000;
+/// Default cap of one VM's serial console log: 2 MiB (libvirt's virtlogd rotates at the same
+/// size). Trimming keeps the newest half.
+pub const DEFAULT_CONSOLE_LOG_MAX_BYTES: u64 = 2 << 20;
+/// A trim starts the kept part at a line when a newline is this close to the cut.
+const TRIM_LINE_LOOKAHEAD: usize = 4096;
 
 #[derive(Debug, Clone)]
 pub struct HypervisorConfig {
@@ -40,6 +47,10 @@ pub struct HypervisorConfig {
     pub run_dir: PathBuf,
     /// `qemu-system-x86_64` unless set.
     pub qemu_binary: PathBuf,
+    /// A VM's `serial.log` larger than this is cut to its newest half by
+    /// [`Hypervisor::trim_serial_log`]; `0`: no cap. Default
+    /// [`DEFAULT_CONSOLE_LOG_MAX_BYTES`].
+    pub console_log_max_bytes: u64,
 }
 
 impl HypervisorConfig {
@@ -47,6 +58,7 @@ impl HypervisorConfig {
         Self {
             run_dir: run_dir.into(),
             qemu_binary: PathBuf::from("qemu-system-x86_64"),
+            console_log_max_bytes: DEFAULT_CONSOLE_LOG_MAX_BYTES,
         }
     }
 }
@@ -115,14 +127,20 @@ pub enum ShutdownOutcome {
     AlreadyStopped,
 }
 
-/// A slice of the serial console log.
+/// A slice of the serial console log. Offsets are absolute: they count every byte the VM's
+/// serial port ever wrote to the log, including bytes trimmed off since.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SerialChunk {
     pub data: Vec<u8>,
-    /// Where the next read should start (offset + data.len()).
+    /// Where `data` starts. Larger than the requested offset when that part was trimmed
+    /// (then it is `first`): the reader missed `offset - requested` bytes.
+    pub offset: u64,
+    /// Where the next read should start (`offset + data.len()`).
     pub next_offset: u64,
-    /// The log's size when read.
-    pub size: u64,
+    /// The oldest byte still kept (the bytes trimmed so far).
+    pub first: u64,
+    /// The end of the log when read.
+    pub end: u64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -161,6 +179,9 @@ pub struct Hypervisor {
     vms: Mutex<HashMap<String, Arc<Vm>>>,
     /// VMs whose QEMU is being started right now.
     starting: Mutex<std::collections::HashSet<String>>,
+    /// Held while a serial log is read, trimmed or removed, so a read never sees a log
+    /// half-trimmed and a trim never writes into a run dir being deleted.
+    console: Mutex<()>,
 }
 
 impl std::fmt::Debug for Hypervisor {
@@ -180,6 +201,7 @@ impl Hypervisor {
             config,
             vms: Mutex::new(HashMap::new()),
             starting: Mutex::new(Default::default()),
+            console: Mutex::new(()),
         })
     }
 
@@ -621,6 +643,7 @@ impl Hypervisor {
         {
             return Err(HypervisorError::AlreadyRunning(vm_id.to_string()));
         }
+        let _console = self.console.lock().expect("console lock");
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -678,34 +701,132 @@ impl Hypervisor {
         Ok(report)
     }
 
-    /// Reads the serial console log from `offset`, at most `max` bytes.
+    /// Reads the serial console log from the absolute `offset`, at most `max` bytes. An offset
+    /// older than the oldest byte kept reads from that byte (the chunk's `offset` says where
+    /// the data really starts); one past the end reads nothing from the end.
     pub fn serial_log(&self, vm_id: &str, offset: u64, max: usize) -> Result<SerialChunk> {
         use std::io::{Read, Seek, SeekFrom};
         validate_id(vm_id, 64, "vm_id")?;
-        let mut file = match std::fs::File::open(self.serial_log_path(vm_id)) {
-            Ok(f) => f,
+        let dir = self.vm_dir(vm_id);
+        let _console = self.console.lock().expect("console lock");
+        let first = read_serial_base(&dir)?;
+        let (mut file, size) = match std::fs::File::open(dir.join("serial.log")) {
+            Ok(f) => {
+                let size = f.metadata()?.len();
+                (Some(f), size)
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                if self.vm_dir(vm_id).exists() {
-                    return Ok(SerialChunk {
-                        data: Vec::new(),
-                        next_offset: offset,
-                        size: 0,
-                    });
+                if !dir.exists() {
+                    return Err(HypervisorError::NotFound(vm_id.to_string()));
                 }
-                return Err(HypervisorError::NotFound(vm_id.to_string()));
+                (None, 0)
             }
             Err(e) => return Err(e.into()),
         };
-        let size = file.metadata()?.len();
-        let start = offset.min(size);
-        file.seek(SeekFrom::Start(start))?;
+        let end = first + size;
+        let start = offset.clamp(first, end);
         let mut data = Vec::new();
-        file.take(max as u64).read_to_end(&mut data)?;
+        if let Some(file) = &mut file {
+            file.seek(SeekFrom::Start(start - first))?;
+            file.take(max as u64).read_to_end(&mut data)?;
+        }
         Ok(SerialChunk {
+            offset: start,
             next_offset: start + data.len() as u64,
             data,
-            size,
+            first,
+            end,
         })
+    }
+
+    /// Caps a VM's serial log at `console_log_max_bytes`: when the file is larger, only its
+    /// newest half is kept (from a line start when one is near) and `serial.base` records
+    /// the total bytes dropped, so offsets stay absolute and only grow, also across new
+    /// `Hypervisor`s on the same run dir. Returns the bytes dropped now (0: under the cap,
+    /// no cap, or no log).
+    ///
+    /// Copy-truncate: read the tail, truncate the file, write the tail back at the start. That
+    /// is safe with a running QEMU only because QEMU opens the log with `append=on`
+    /// (`O_APPEND`): its next write lands at the new end instead of its old file position.
+    /// It is racy by design: whatever QEMU writes between reading the tail and writing it
+    /// back is lost (truncated, or overwritten by the tail); the window is one read, one
+    /// truncate and one write of at most half the cap. `serial.base` is written before the
+    /// truncate: if the process dies in between, some bytes are shown twice at higher
+    /// offsets (never an offset going backwards), and the next trim cuts again.
+    pub fn trim_serial_log(&self, vm_id: &str) -> Result<u64> {
+        use std::io::{Read, Seek, SeekFrom};
+        use std::os::unix::fs::FileExt;
+        validate_id(vm_id, 64, "vm_id")?;
+        let cap = self.config.console_log_max_bytes;
+        if cap == 0 {
+            return Ok(0);
+        }
+        let dir = self.vm_dir(vm_id);
+        let _console = self.console.lock().expect("console lock");
+        let mut file = match std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.join("serial.log"))
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(e.into()),
+        };
+        let size = file.metadata()?.len();
+        if size <= cap {
+            return Ok(0);
+        }
+        let keep = cap / 2;
+        // size > cap >= 2 * keep, so the cut is past the first byte. `tail` starts one byte
+        // before it (to see whether the cut already is at a line start) and runs to the end
+        // of the file, including what QEMU appended since the size was taken.
+        let before_cut = size - keep - 1;
+        let mut tail = Vec::new();
+        file.seek(SeekFrom::Start(before_cut))?;
+        file.read_to_end(&mut tail)?;
+        let lookahead = tail
+            .len()
+            .min(TRIM_LINE_LOOKAHEAD)
+            .min(usize::try_from(keep / 4).unwrap_or(usize::MAX).max(1));
+        let from = match tail[..lookahead].iter().position(|b| *b == b'\n') {
+            Some(nl) => nl + 1,
+            None => 1,
+        };
+        let cut = before_cut + from as u64;
+        let base = read_serial_base(&dir)? + cut;
+        write_atomic(&dir.join("serial.base"), format!("{base}\n").as_bytes())?;
+        // Bytes QEMU writes from here until the tail is back are lost (see above).
+        file.set_len(0)?;
+        file.write_all_at(&tail[from..], 0)?;
+        Ok(cut)
+    }
+
+    /// [`Hypervisor::trim_serial_log`] for every VM in the run dir, running or not; the worker
+    /// calls it periodically. Returns the VMs trimmed and the bytes dropped from each; a VM
+    /// that cannot be trimmed is logged and skipped.
+    pub fn trim_serial_logs(&self) -> Result<Vec<(String, u64)>> {
+        let mut trimmed = Vec::new();
+        if self.config.console_log_max_bytes == 0 {
+            return Ok(trimmed);
+        }
+        for entry in std::fs::read_dir(&self.config.run_dir)? {
+            let entry = entry?;
+            let Ok(vm_id) = entry.file_name().into_string() else {
+                continue;
+            };
+            if validate_id(&vm_id, 64, "vm_id").is_err()
+                || !entry.file_type().is_ok_and(|t| t.is_dir())
+            {
+                continue;
+            }
+            match self.trim_serial_log(&vm_id) {
+                Ok(0) => {}
+                Ok(dropped) => trimmed.push((vm_id, dropped)),
+                Err(e) => tracing::warn!(vm_id, error = %e, "cannot trim the serial log"),
+            }
+        }
+        trimmed.sort();
+        Ok(trimmed)
     }
 
     /// `query-migrate` on either side.
@@ -915,6 +1036,21 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     let tmp = path.with_extension("tmp");
     std::fs::write(&tmp, bytes)?;
     std::fs::rename(&tmp, path)
+}
+
+/// Bytes trimmed off the front of a VM's `serial.log` so far (`serial.base`; 0 when absent).
+/// The file is written atomically; should it hold anything but a number, 0 is used (and the
+/// next trim rewrites it).
+fn read_serial_base(dir: &Path) -> std::io::Result<u64> {
+    let path = dir.join("serial.base");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => Ok(text.trim().parse().unwrap_or_else(|_| {
+            tracing::warn!(path = %path.display(), "not a byte count; using 0");
+            0
+        })),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+        Err(e) => Err(e),
+    }
 }
 
 fn read_pid(dir: &Path) -> Option<u32> {
@@ -1132,6 +1268,148 @@ mod tests {
         assert_eq!(p.downtime_ms, Some(12));
         let failed = parse_migration(&json!({"status": "failed", "error-desc": "boom"}));
         assert_eq!(failed.error.as_deref(), Some("boom"));
+    }
+
+    /// Appends like QEMU's `append=on` chardev (O_APPEND).
+    fn qemu_append(path: &Path, bytes: &[u8]) {
+        use std::io::Write;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .unwrap()
+            .write_all(bytes)
+            .unwrap();
+    }
+
+    fn lines(from: usize, to: usize) -> Vec<u8> {
+        (from..to)
+            .flat_map(|i| format!("console line {i:06}\n").into_bytes())
+            .collect()
+    }
+
+    #[test]
+    fn serial_log_is_capped_and_offsets_stay_absolute() {
+        let tmp = tempfile::tempdir().unwrap();
+        let config = HypervisorConfig {
+            console_log_max_bytes: 1000,
+            ..HypervisorConfig::new(tmp.path())
+        };
+        let hv = Hypervisor::new(config.clone()).unwrap();
+        std::fs::create_dir_all(hv.run_dir().join("vm-1")).unwrap();
+        let log = hv.serial_log_path("vm-1");
+        // Everything the "guest" ever wrote; absolute offsets index into it.
+        let mut all = lines(0, 150); // 20 bytes a line: 3000 bytes
+        qemu_append(&log, &all);
+        let before = hv.serial_log("vm-1", 2500, 1 << 20).unwrap();
+        assert_eq!(before.data, all[2500..]);
+        assert_eq!((before.offset, before.first, before.end), (2500, 0, 3000));
+
+        // Over the cap: the newest half (500 bytes) is kept, from a line start.
+        let dropped = hv.trim_serial_log("vm-1").unwrap();
+        assert_eq!(dropped, 2500);
+        let kept = std::fs::read(&log).unwrap();
+        assert!(kept.len() as u64 <= config.console_log_max_bytes / 2);
+        assert_eq!(kept, all[2500..]);
+        assert!(kept.starts_with(b"console line 000125\n"));
+        let base = std::fs::read_to_string(hv.run_dir().join("vm-1/serial.base")).unwrap();
+        assert_eq!(base.trim(), "2500");
+        // Under the cap now: nothing to do.
+        assert_eq!(hv.trim_serial_log("vm-1").unwrap(), 0);
+
+        // A reader that was at 2600 goes on at 2600; one at 0 (or anywhere in the dropped
+        // part) gets the oldest kept byte and learns where that is.
+        let chunk = hv.serial_log("vm-1", 2600, 1 << 20).unwrap();
+        assert_eq!(chunk.data, all[2600..]);
+        assert_eq!((chunk.offset, chunk.next_offset), (2600, 3000));
+        for stale in [0, 1, 1234, 2499] {
+            let chunk = hv.serial_log("vm-1", stale, 1 << 20).unwrap();
+            assert_eq!(chunk.offset, 2500, "from {stale}");
+            assert_eq!(chunk.first, 2500);
+            assert_eq!(chunk.data, all[2500..]);
+            assert_eq!(chunk.next_offset, 3000);
+        }
+        // Reads are bounded by `max` and continue where they stopped.
+        let part = hv.serial_log("vm-1", 0, 7).unwrap();
+        assert_eq!((part.offset, part.next_offset), (2500, 2507));
+        assert_eq!(part.data, all[2500..2507]);
+        // Past the end: nothing, from the end.
+        let past = hv.serial_log("vm-1", 9999, 1 << 20).unwrap();
+        assert!(past.data.is_empty());
+        assert_eq!(
+            (past.offset, past.next_offset, past.end),
+            (3000, 3000, 3000)
+        );
+
+        // The guest keeps writing (O_APPEND lands after the kept tail); offsets go on.
+        let more = lines(150, 200);
+        qemu_append(&log, &more);
+        all.extend_from_slice(&more);
+        let chunk = hv.serial_log("vm-1", 3000, 1 << 20).unwrap();
+        assert_eq!(chunk.data, more);
+        assert_eq!((chunk.offset, chunk.next_offset), (3000, 4000));
+
+        // A second trim adds to the base; a new Hypervisor on the same run dir (a restarted
+        // worker) reads the same absolute offsets.
+        let dropped = hv.trim_serial_log("vm-1").unwrap();
+        assert_eq!(dropped, 1000);
+        drop(hv);
+        let hv = Hypervisor::new(config).unwrap();
+        let chunk = hv.serial_log("vm-1", 0, 1 << 20).unwrap();
+        assert_eq!((chunk.offset, chunk.first, chunk.end), (3500, 3500, 4000));
+        assert_eq!(chunk.data, all[3500..]);
+        let chunk = hv.serial_log("vm-1", 3990, 1 << 20).unwrap();
+        assert_eq!(chunk.data, all[3990..]);
+        assert_eq!(chunk.next_offset, 4000);
+        // A log whose lines are longer than the look-ahead is cut at exactly half the cap.
+        let blob = vec![b'x'; 1500];
+        qemu_append(&log, &blob);
+        all.extend_from_slice(&blob);
+        assert_eq!(hv.trim_serial_logs().unwrap(), [("vm-1".to_string(), 1500)]);
+        assert_eq!(std::fs::read(&log).unwrap().len(), 500);
+        let chunk = hv.serial_log("vm-1", 0, 1 << 20).unwrap();
+        assert_eq!((chunk.offset, chunk.end), (5000, 5500));
+        assert_eq!(chunk.data, all[5000..]);
+        // A cut inside a line moves on to the next line start: the file holds 500 bytes of
+        // the blob, 50 lines and a partial line; half the cap back from the end lies 7
+        // bytes into line 225, so the kept part starts at line 226.
+        let mut more = lines(200, 250);
+        more.extend_from_slice(b"partial");
+        qemu_append(&log, &more);
+        all.extend_from_slice(&more);
+        assert_eq!(hv.trim_serial_log("vm-1").unwrap(), 500 + 26 * 20);
+        let kept = std::fs::read(&log).unwrap();
+        assert!(kept.starts_with(b"console line 000226\n"));
+        assert!(kept.len() < 500);
+        let chunk = hv.serial_log("vm-1", 5600, 1 << 20).unwrap();
+        assert_eq!((chunk.offset, chunk.end), (6020, 6507));
+        assert_eq!(chunk.data, all[6020..]);
+    }
+
+    #[test]
+    fn serial_log_without_cap_or_log() {
+        let tmp = tempfile::tempdir().unwrap();
+        let hv = Hypervisor::new(HypervisorConfig {
+            console_log_max_bytes: 0,
+            ..HypervisorConfig::new(tmp.path())
+        })
+        .unwrap();
+        assert!(matches!(
+            hv.serial_log("vm-none", 0, 10),
+            Err(HypervisorError::NotFound(_))
+        ));
+        // Started never, or its log not written yet: empty.
+        std::fs::create_dir_all(hv.run_dir().join("vm-1")).unwrap();
+        let empty = hv.serial_log("vm-1", 5, 10).unwrap();
+        assert!(empty.data.is_empty());
+        assert_eq!((empty.offset, empty.next_offset), (0, 0));
+        assert_eq!(hv.trim_serial_log("vm-1").unwrap(), 0);
+        // No cap: never trimmed.
+        qemu_append(&hv.serial_log_path("vm-1"), &lines(0, 10_000));
+        assert_eq!(hv.trim_serial_log("vm-1").unwrap(), 0);
+        assert!(hv.trim_serial_logs().unwrap().is_empty());
+        assert_eq!(hv.serial_log("vm-1", 0, 1 << 20).unwrap().end, 200_000);
+        assert!(!hv.run_dir().join("vm-1/serial.base").exists());
     }
 
     #[test]
