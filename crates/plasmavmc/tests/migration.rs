@@ -159,9 +159,9 @@ async fn live_migration_between_two_worker_processes() {
     const UNREACHABLE: &str = "http://127.0.0.1:1";
     let host = first["host"].as_str().unwrap().to_owned();
     let t = cloud.tenant("mover").await;
-    let (_, subnet) = network(&cloud, &t, "10.62.0.0/16", "10.62.1.0/24").await;
+    let (vpc, subnet) = network(&cloud, &t, "10.62.0.0/16", "10.62.1.0/24").await;
     // Another port of the subnet: a namespace workload that pings the VM.
-    let (ns, peer_ip, _) =
+    let (ns, peer_ip, peer_id) =
         cloud::peer_workload(&cloud, &t, &subnet, &host, &format!("{prefix}-peer")).await;
 
     // The image by URL: each worker downloads kernel and initrd when it first needs them
@@ -420,4 +420,363 @@ async fn live_migration_between_two_worker_processes() {
     assert!(cloud::qemus_under(&second_dir).is_empty());
     device_gone(&tap).await;
     second.node_mut(0).terminate(Duration::from_secs(10));
+    cloud::remove_networks(
+        &cloud,
+        &[
+            (&t, format!("/v1/ports/{peer_id}")),
+            (&t, format!("/v1/subnets/{subnet}")),
+            (&t, format!("/v1/vpcs/{vpc}")),
+        ],
+        &[&prefix],
+    )
+    .await;
+}
+
+/// A second network host on this kernel: network namespace `name` joined to the root
+/// namespace by a veth (`10.63.<n>.1` here, `.2` there). Inside it, 127.0.0.0/8 beyond
+/// 127.0.0.1 (which keeps its own local route) routes to the root namespace (`route_localnet` on both veth ends), so processes
+/// there reach the cloud the tests run on 127.0.0.x. Removed when dropped.
+struct SecondHost {
+    netns: String,
+    root_end: String,
+    here: String,
+    there: String,
+}
+
+impl SecondHost {
+    fn create(name: &str, n: u8) -> Self {
+        let host = Self {
+            netns: name.to_owned(),
+            root_end: format!("{name}a"),
+            here: format!("10.63.{n}.1"),
+            there: format!("10.63.{n}.2"),
+        };
+        let _ = ip(&["netns", "del", name]);
+        let _ = ip(&["link", "del", &host.root_end]);
+        let ns = host.netns.as_str();
+        let steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), ns.into()],
+            vec![
+                "link".into(),
+                "add".into(),
+                host.root_end.clone(),
+                "type".into(),
+                "veth".into(),
+                "peer".into(),
+                "name".into(),
+                "eth0".into(),
+                "netns".into(),
+                ns.into(),
+            ],
+            vec![
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", host.here),
+                "dev".into(),
+                host.root_end.clone(),
+            ],
+            vec![
+                "link".into(),
+                "set".into(),
+                host.root_end.clone(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.into(),
+                "addr".into(),
+                "add".into(),
+                format!("{}/30", host.there),
+                "dev".into(),
+                "eth0".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.into(),
+                "link".into(),
+                "set".into(),
+                "eth0".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.into(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.into(),
+                "route".into(),
+                "del".into(),
+                "local".into(),
+                "127.0.0.0/8".into(),
+                "dev".into(),
+                "lo".into(),
+                "table".into(),
+                "local".into(),
+            ],
+            vec![
+                "-n".into(),
+                ns.into(),
+                "route".into(),
+                "add".into(),
+                "127.0.0.0/8".into(),
+                "via".into(),
+                host.here.clone(),
+                "dev".into(),
+                "eth0".into(),
+                "src".into(),
+                host.there.clone(),
+            ],
+        ];
+        for step in &steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            let out = ip(&args);
+            assert!(
+                out.status.success(),
+                "ip {}: {}",
+                step.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for (netns, key) in [
+            (
+                None,
+                format!("net.ipv4.conf.{}.route_localnet=1", host.root_end),
+            ),
+            (Some(ns), "net.ipv4.conf.all.route_localnet=1".to_owned()),
+            (Some(ns), "net.ipv4.conf.eth0.route_localnet=1".to_owned()),
+        ] {
+            let status = match netns {
+                Some(ns) => std::process::Command::new("ip")
+                    .args(["netns", "exec", ns, "sysctl", "-qw", &key])
+                    .status(),
+                None => std::process::Command::new("sysctl")
+                    .args(["-qw", &key])
+                    .status(),
+            };
+            assert!(status.is_ok_and(|s| s.success()), "sysctl {key}");
+        }
+        host
+    }
+
+    /// A script that runs the ultracloud binary inside this host's namespace.
+    fn wrapper(&self, dir: &std::path::Path) -> std::path::PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let path = dir.join(format!("ultracloud-in-{}", self.netns));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/bin/sh\nexec ip netns exec {} {} \"$@\"\n",
+                self.netns,
+                uc_testkit::ultracloud_binary().display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+}
+
+impl Drop for SecondHost {
+    fn drop(&mut self) {
+        let _ = ip(&["netns", "del", &self.netns]);
+        let _ = ip(&["link", "del", &self.root_end]);
+    }
+}
+
+/// The same migration between two prismnet hosts: the destination worker and its QEMU run
+/// in a second network namespace with its own host agent, joined to the first over VXLAN.
+/// The port's second tap is made on the destination host, activation moves the port's MAC
+/// there (the source host's FDB points at the destination's tunnel endpoint), and a peer on
+/// the first host reaches the VM at the same address across the tunnel.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_migration_between_two_network_hosts() {
+    let prefix = format!("n{:x}", std::process::id() % 0xffff);
+    let second_host = SecondHost::create(&format!("{prefix}h2"), 1);
+    let cloud = cloud::up_with(
+        "",
+        Some(format!(
+            "prefix = \"{prefix}\"\nunderlay_ip = \"{}\"",
+            second_host.here
+        )),
+    )
+    .await;
+    let _reaper = QemuReaper(cloud.worker_dir());
+    let token_file = cloud.info.data_dir.join("secrets/admin-token");
+    let prismnet = cloud.info.url("prismnet");
+    let first = cloud.ok(Method::GET, "/v1/workers", None).await["items"][0].clone();
+    let host = first["host"].as_str().unwrap().to_owned();
+
+    // The second host's agent: a process here that manages the dataplane inside the
+    // namespace.
+    let (agent_token, agent_api, agent_ns, agent_ip) = (
+        token_file.clone(),
+        prismnet.clone(),
+        second_host.netns.clone(),
+        second_host.there.clone(),
+    );
+    let agent_prefix = format!("{prefix}b");
+    let config_prefix = agent_prefix.clone();
+    let mut agent = Cluster::builder(1)
+        .config(move |n, _| {
+            format!(
+                "[node]\nname = \"uc-h2-agent\"\nbind = \"{ip}\"\ndata_dir = \"{data}\"\n[auth]\nadmin_token_file = \"{token}\"\n\
+                 [prismnet_agent]\nhost = \"h2\"\nprefix = \"{config_prefix}\"\nunderlay_ip = \"{agent_ip}\"\n\
+                 api_url = \"{agent_api}\"\nnetns = \"{agent_ns}\"\n",
+                ip = n.ip,
+                data = n.data_dir.display(),
+                token = agent_token.display(),
+            )
+        })
+        .args(|n| {
+            vec![
+                "serve".into(),
+                "prismnet-agent".into(),
+                "--config".into(),
+                n.config_path.display().to_string(),
+            ]
+        })
+        .ready(Ready::Spawned)
+        .start()
+        .await
+        .expect("the second host's agent starts");
+
+    let t = cloud.tenant("traveller").await;
+    let (vpc, subnet) = network(&cloud, &t, "10.64.0.0/16", "10.64.1.0/24").await;
+    let (ns, peer_ip, peer_id) =
+        cloud::peer_workload(&cloud, &t, &subnet, &host, &format!("{prefix}-peer")).await;
+    let g = cloud::guest();
+    let (s, img) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            "/v1/images",
+            Some(
+                json!({"name": "ticker", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
+                "cmdline": format!("console=ttyS0 loglevel=4 uc.tick=1 uc.ping={peer_ip}")}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{img}");
+    let (s, vm) = cloud
+        .as_(
+            &t,
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": "traveller", "image": "ticker", "vcpus": 1, "memory_mib": 128,
+                "root_volume_mib": 8, "subnets": [subnet]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{vm}");
+    let id = vm["id"].as_str().unwrap().to_owned();
+    let port_id = vm["nics"][0]["port_id"].as_str().unwrap().to_owned();
+    let vm_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
+    cloud.wait_state(&t, &id, "running").await;
+    let (console, _) = cloud.wait_console(&t, &id, "UC-TICK 2", 0).await;
+    assert!(
+        console.contains(&format!("UC-GUEST-IP {vm_ip}/")),
+        "{console}"
+    );
+    assert!(reachable(&ns.0, &vm_ip), "the peer reaches the VM");
+    let before = cloud::qemu_pids(&id);
+    let first_tap = port(&cloud, &t, &port_id).await["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // The destination worker runs inside the second host (QEMU opens its taps there).
+    let scripts = tempfile::tempdir().unwrap();
+    let (control_plane, coronafs, worker_ip) = (
+        cloud.url.clone(),
+        cloud.info.url("coronafs"),
+        second_host.there.clone(),
+    );
+    let mut worker = Cluster::builder(1)
+        .binary(second_host.wrapper(scripts.path()))
+        .ports(&["worker"])
+        .config(move |n, _| {
+            format!(
+                "[node]\nname = \"uc-h2\"\nbind = \"{worker_ip}\"\ndata_dir = \"{data}\"\n[auth]\nadmin_token_file = \"{token}\"\n\
+                 [plasmavmc_worker]\nport = {port}\naccel = \"tcg\"\nheartbeat_secs = 2\n\
+                 control_plane_url = \"{control_plane}\"\ncoronafs_url = \"{coronafs}\"\n\
+                 prismnet_url = \"{prismnet}\"\nprismnet_host = \"h2\"\n",
+                data = n.data_dir.display(),
+                token = token_file.display(),
+                port = n.port("worker"),
+            )
+        })
+        .args(|n| {
+            vec![
+                "serve".into(),
+                "plasmavmc-worker".into(),
+                "--config".into(),
+                n.config_path.display().to_string(),
+            ]
+        })
+        .ready(Ready::Spawned)
+        .start()
+        .await
+        .expect("the second host's worker starts");
+    let worker_dir = worker.node(0).info.data_dir.join("plasmavmc-worker");
+    let _reaper2 = QemuReaper(worker_dir.clone());
+    cloud.wait_workers(2).await;
+
+    let pinger = Pinger::start(&ns.0, &vm_ip);
+    let (s, moved) = migrate(&cloud, &t, &id, "uc-h2").await;
+    pinger.finish("migration to the second network host");
+    assert_eq!(s, 200, "{moved}");
+    assert_eq!(moved["worker"], "uc-h2", "{moved}");
+    assert!(moved["error"].is_null(), "{moved}");
+    let after = cloud::qemu_pids(&id);
+    assert_eq!(after.len(), 1);
+    assert_ne!(after, before);
+    assert_eq!(cloud::qemus_under(&worker_dir), after);
+    let p = port(&cloud, &t, &port_id).await;
+    assert_eq!(p["binding"]["host"], "h2", "{p}");
+    assert_eq!(p["status"], "active", "{p}");
+    let tap = p["device"].as_str().unwrap().to_owned();
+    assert_eq!(tap, format!("ucu{}", &first_tap[3..]), "{p}");
+    assert!(
+        ip(&["-n", &second_host.netns, "link", "show", &tap])
+            .status
+            .success(),
+        "the tap is on the second host"
+    );
+    device_gone(&first_tap).await;
+    let (console, _) = cloud.wait_console(&t, &id, "UC-TICK", 0).await;
+    assert!(!console.contains("UC-BOOT-OK"), "no reboot: {console}");
+    assert!(
+        reachable(&ns.0, &vm_ip),
+        "the peer on the first host reaches the VM on the second, at the same address"
+    );
+
+    let (s, _) = cloud
+        .as_(
+            &t,
+            Method::DELETE,
+            &format!("/v1/vms/{id}?force=true"),
+            None,
+        )
+        .await;
+    assert!(s == 204 || s == 202, "{s}");
+    cloud.wait_gone(&t, &id).await;
+    assert!(cloud::qemus_under(&worker_dir).is_empty());
+    worker.node_mut(0).terminate(Duration::from_secs(10));
+    cloud::remove_networks(
+        &cloud,
+        &[
+            (&t, format!("/v1/ports/{peer_id}")),
+            (&t, format!("/v1/subnets/{subnet}")),
+            (&t, format!("/v1/vpcs/{vpc}")),
+        ],
+        &[&prefix, &agent_prefix],
+    )
+    .await;
+    agent.node_mut(0).terminate(Duration::from_secs(10));
 }

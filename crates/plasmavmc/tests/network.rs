@@ -298,28 +298,18 @@ async fn vm_gets_dhcp_from_prismnet_and_reaches_its_subnet() {
     // Leave the host as found: the agent removes the subnets' DHCP servers and bridges
     // once their resources are gone (a killed agent would leave them behind).
     let peer_id = peer_id.as_str();
-    for (token, path) in [
-        (&a, format!("/v1/ports/{peer_id}")),
-        (&a, format!("/v1/ports/{given_id}")),
-        (&b, format!("/v1/ports/{foreign_id}")),
-        (&a, format!("/v1/subnets/{subnet}")),
-        (&b, format!("/v1/subnets/{b_subnet}")),
-        (&a, format!("/v1/vpcs/{vpc}")),
-        (&b, format!("/v1/vpcs/{b_vpc}")),
-    ] {
-        let (s, e) = net(&cloud, token, Method::DELETE, &path, None).await;
-        assert!(s == 204 || s == 200, "{path}: {s} {e}");
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let namespaces = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).into_owned();
-        if !namespaces.contains(&format!("{prefix}d-")) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "DHCP namespaces left: {namespaces}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    cloud::remove_networks(
+        &cloud,
+        &[
+            (&a, format!("/v1/ports/{peer_id}")),
+            (&a, format!("/v1/ports/{given_id}")),
+            (&b, format!("/v1/ports/{foreign_id}")),
+            (&a, format!("/v1/subnets/{subnet}")),
+            (&b, format!("/v1/subnets/{b_subnet}")),
+            (&a, format!("/v1/vpcs/{vpc}")),
+            (&b, format!("/v1/vpcs/{b_vpc}")),
+        ],
+        &[&prefix],
+    )
+    .await;
 }

@@ -529,3 +529,28 @@ pub async fn peer_workload(
     let _ = ip(&["-n", &ns.0, "link", "set", "eth0", "up"]);
     (ns, peer_ip, peer["id"].as_str().unwrap().to_owned())
 }
+
+/// Deletes prismnet objects in the order given (`(token, path)`), then waits until the host
+/// agents with these prefixes removed the DHCP namespaces they made: the tests leave the host
+/// as they found it (a killed agent would leave them behind).
+pub async fn remove_networks(cloud: &Cloud, objects: &[(&str, String)], prefixes: &[&str]) {
+    for (token, path) in objects {
+        let (s, e) = net(cloud, token, Method::DELETE, path, None).await;
+        assert!(s == 204 || s == 200, "{path}: {s} {e}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let namespaces = String::from_utf8_lossy(&ip(&["netns", "list"]).stdout).into_owned();
+        if !prefixes
+            .iter()
+            .any(|p| namespaces.contains(&format!("{p}d-")))
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "DHCP namespaces left: {namespaces}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
