@@ -83,7 +83,7 @@ pub fn build(dir: &Path) -> Result<TinyGuest, GuestError> {
 }
 
 /// Builds the guest from a given kernel (`…/vmlinuz-<version>`; its modules must be in
-/// /lib/modules/<version>).
+/// `/lib/modules/<version>`).
 pub fn build_with(dir: &Path, host_kernel: &Path) -> Result<TinyGuest, GuestError> {
     let version = host_kernel
         .file_name()
