@@ -126,6 +126,57 @@ async fn stayed_on_source(cloud: &Cloud, token: &str, vm: &OnSource<'_>, peer_ns
     );
 }
 
+struct TickingVm {
+    id: String,
+    port_id: String,
+    address: String,
+    worker: String,
+}
+
+/// The tiny guest as image `ticker` (ticking every second, pinging `peer_ip`) and a VM of it,
+/// `name`, with a port in `subnet`.
+async fn ticking_vm(
+    cloud: &Cloud,
+    token: &str,
+    name: &str,
+    kernel: &str,
+    initrd: &str,
+    subnet: &str,
+    peer_ip: &str,
+) -> TickingVm {
+    let (s, img) = cloud
+        .as_(
+            token,
+            Method::POST,
+            "/v1/images",
+            Some(
+                json!({"name": "ticker", "kind": "kernel", "kernel": kernel, "initrd": initrd,
+                "cmdline": format!("console=ttyS0 loglevel=4 uc.tick=1 uc.ping={peer_ip}")}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{img}");
+    let (s, vm) = cloud
+        .as_(
+            token,
+            Method::POST,
+            "/v1/vms",
+            Some(
+                json!({"name": name, "image": "ticker", "vcpus": 1, "memory_mib": 128,
+                "root_volume_mib": 8, "subnets": [subnet]}),
+            ),
+        )
+        .await;
+    assert_eq!(s, 201, "{vm}");
+    let text = |v: &Value| v.as_str().unwrap().to_owned();
+    TickingVm {
+        id: text(&vm["id"]),
+        port_id: text(&vm["nics"][0]["port_id"]),
+        address: text(&vm["nics"][0]["ips"][0]),
+        worker: text(&vm["worker"]),
+    }
+}
+
 async fn port(cloud: &Cloud, token: &str, id: &str) -> Value {
     net_ok(cloud, token, Method::GET, &format!("/v1/ports/{id}"), None).await
 }
@@ -172,35 +223,18 @@ async fn live_migration_between_two_worker_processes() {
         ("initrd", g.initrd.clone()),
     ])
     .await;
-    let (s, img) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            "/v1/images",
-            Some(
-                json!({"name": "ticker", "kind": "kernel", "kernel": format!("{images}/vmlinux"),
-                "initrd": format!("{images}/initrd"),
-                "cmdline": format!("console=ttyS0 loglevel=4 uc.tick=1 uc.ping={peer_ip}")}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 201, "{img}");
-    let (s, vm) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            "/v1/vms",
-            Some(
-                json!({"name": "mover", "image": "ticker", "vcpus": 1, "memory_mib": 128,
-                "root_volume_mib": 8, "subnets": [subnet]}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 201, "{vm}");
-    let id = vm["id"].as_str().unwrap().to_owned();
-    let port_id = vm["nics"][0]["port_id"].as_str().unwrap().to_owned();
-    let vm_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
-    let source = vm["worker"].as_str().unwrap().to_owned();
+    let vm = ticking_vm(
+        &cloud,
+        &t,
+        "mover",
+        &format!("{images}/vmlinux"),
+        &format!("{images}/initrd"),
+        &subnet,
+        &peer_ip,
+    )
+    .await;
+    let (id, port_id, vm_ip) = (vm.id.clone(), vm.port_id.clone(), vm.address.clone());
+    let source = vm.worker.clone();
     assert_eq!(
         source,
         first["name"].as_str().unwrap(),
@@ -650,33 +684,17 @@ async fn live_migration_between_two_network_hosts() {
     let (ns, peer_ip, peer_id) =
         cloud::peer_workload(&cloud, &t, &subnet, &host, &format!("{prefix}-peer")).await;
     let g = cloud::guest();
-    let (s, img) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            "/v1/images",
-            Some(
-                json!({"name": "ticker", "kind": "kernel", "kernel": g.kernel, "initrd": g.initrd,
-                "cmdline": format!("console=ttyS0 loglevel=4 uc.tick=1 uc.ping={peer_ip}")}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 201, "{img}");
-    let (s, vm) = cloud
-        .as_(
-            &t,
-            Method::POST,
-            "/v1/vms",
-            Some(
-                json!({"name": "traveller", "image": "ticker", "vcpus": 1, "memory_mib": 128,
-                "root_volume_mib": 8, "subnets": [subnet]}),
-            ),
-        )
-        .await;
-    assert_eq!(s, 201, "{vm}");
-    let id = vm["id"].as_str().unwrap().to_owned();
-    let port_id = vm["nics"][0]["port_id"].as_str().unwrap().to_owned();
-    let vm_ip = vm["nics"][0]["ips"][0].as_str().unwrap().to_owned();
+    let vm = ticking_vm(
+        &cloud,
+        &t,
+        "traveller",
+        &g.kernel.display().to_string(),
+        &g.initrd.display().to_string(),
+        &subnet,
+        &peer_ip,
+    )
+    .await;
+    let (id, port_id, vm_ip) = (vm.id, vm.port_id, vm.address);
     cloud.wait_state(&t, &id, "running").await;
     let (console, _) = cloud.wait_console(&t, &id, "UC-TICK 2", 0).await;
     assert!(
